@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up .venv/ at the repo root with the pinned dependency set; safe to run any number of times.
+#
+# Idempotent: a stamp in .venv records a digest of what was installed (lock file, pyproject, this
+# script); when it matches, nothing is reinstalled. torch comes first and alone, because
+# `torch==2.13.0` resolves to the machine's local CPU build here (a plain range would fetch a multi-GB
+# CUDA build); requirements/lock.txt is the complete resolved closure, installed with --no-deps so
+# pip cannot drift (facts: skypilot needs click<8.2, huggingface-hub>=1.16.3 needs click>=8.4).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.wrinklefree-setup"
+want="$(cat requirements/lock.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import wrinklefree_core" 2>/dev/null; then
+    echo "setup: .venv is up to date"
+    exit 0
+fi
+
+echo "setup: installing into $VENV (first run on a fresh machine takes a few minutes)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/pip" install -q torch==2.13.0
+"$VENV/bin/pip" install -q --no-deps -r requirements/lock.txt
+"$VENV/bin/pip" install -q --no-deps -e .
+echo "$want" > "$STAMP"
+echo "setup: done"

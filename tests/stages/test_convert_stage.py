@@ -1,0 +1,109 @@
+"""The convert stage through its real command line: files another loader reads back, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wrinklefree_core.config import compose
+from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
+from wrinklefree_core.models.convert import convert_to_bitnet
+from wrinklefree_core.models.sources import load_hf_model, materialize
+from wrinklefree_core.stages.manifest import read_manifest
+
+
+def wrinklefree(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter, exactly as the console script does."""
+    return subprocess.run(
+        [sys.executable, "-m", "wrinklefree_core.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def converted_qwen2(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("convert") / "tiny_qwen2-bitnet"
+    proc = wrinklefree("convert", "model=tiny_qwen2", f"out={out}", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(result["out"]) == out
+    return out
+
+
+def test_convert_writes_a_complete_checkpoint(converted_qwen2: Path):
+    names = {p.name for p in converted_qwen2.iterdir()}
+    assert {"config.json", "model.safetensors", "stage.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not any(n.startswith(".") for n in names)
+    config = json.loads((converted_qwen2 / "config.json").read_text())
+    assert config["bitnet"]["subln"] == "bitdistill" and config["bitnet"]["quant_lambda"] == 1.0
+
+
+def test_stage_manifest_records_config_inputs_metrics_versions(converted_qwen2: Path):
+    manifest = read_manifest(converted_qwen2)
+    assert manifest.stage == "convert"
+    assert manifest.config["model"]["name"] == "tiny_qwen2"
+    assert manifest.config["out"] == str(converted_qwen2)
+    source = Path(manifest.inputs["source_model"])
+    assert (source / "config.json").is_file(), "the teacher must be reloadable from stage.json"
+    assert manifest.metrics["bitlinear_modules"] == 14  # 2 layers x 7 projections
+    assert 0.0 < manifest.metrics["ternary_zero_fraction"] < 1.0
+    assert manifest.versions["torch"] == torch.__version__.split("+")[0] or manifest.versions["torch"] == torch.__version__
+
+
+def test_checkpoint_matches_in_memory_conversion(converted_qwen2: Path):
+    """What the CLI wrote is what converting the source model in this process gives, bit for bit."""
+    cfg = compose("convert", ["model=tiny_qwen2"])
+    model, tokenizer = load_hf_model(materialize(cfg.model))
+    convert_to_bitnet(model, cfg.bitnet)
+    loaded, settings = load_bitnet_checkpoint(converted_qwen2)
+    assert settings == cfg.bitnet
+    ids = tokenizer("Now is the winter of our discontent", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert sum(isinstance(m, BitLinear) for m in loaded.modules()) == 14
+
+
+def test_unknown_model_option_exits_2_with_choices(tmp_path):
+    proc = wrinklefree("convert", "model=tiny_lama", f"out={tmp_path / 'x'}")
+    assert proc.returncode == 2
+    assert "unknown option 'tiny_lama'" in proc.stderr and "tiny_llama" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_refuses_to_overwrite_foreign_folder(tmp_path):
+    precious = tmp_path / "results"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("do not lose me")
+    proc = wrinklefree("convert", "model=tiny_llama", f"out={precious}")
+    assert proc.returncode == 2
+    assert "is not a WrinkleFree checkpoint" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "do not lose me"
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    proc = wrinklefree("convert", "model.source=hf", f"model.path={tmp_path / 'nope'}", "model.package=null", f"out={tmp_path / 'o'}")
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_unsupported_architecture_lists_supported_ones(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300)).save_pretrained(folder)
+    proc = wrinklefree("convert", f"model={folder}", f"out={tmp_path / 'o'}")
+    assert proc.returncode == 2, proc.stderr
+    for name in ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"):
+        assert name in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_converting_a_checkpoint_again_is_refused(converted_qwen2: Path, tmp_path):
+    proc = wrinklefree("convert", f"model={converted_qwen2}", f"out={tmp_path / 'o'}")
+    assert proc.returncode == 2
+    assert "already a BitNet checkpoint" in proc.stderr

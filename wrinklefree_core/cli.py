@@ -1,0 +1,103 @@
+"""`wrinklefree <command> key=value ...`: the one entry point a local run and a cloud job both execute.
+
+Commands:
+  convert   HF model -> BitNet checkpoint folder (out=DIR)
+  config    print the resolved config of a stage: `wrinklefree config train training=unified ...`
+  options   list the options of every config group
+
+Overrides use the config syntax documented in docs/configuration.md (`group=option`, `a.b=value`).
+Errors exit non-zero with one line that says what is wrong and what to use instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+STAGES = ("convert", "train", "eval", "export")
+
+
+def _quiet_libraries() -> None:
+    """Silence progress bars and info logs of libraries; our own output stays readable."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import compose
+
+    if not args.overrides or "=" in args.overrides[0]:
+        raise SystemExit("usage: wrinklefree config STAGE [key=value ...]  (STAGE: " + ", ".join(STAGES) + ")")
+    stage, overrides = args.overrides[0], args.overrides[1:]
+    cfg = compose(stage, overrides)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_options(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import group_options
+    from wrinklefree_core.config.run import GROUPS
+
+    for group in GROUPS:
+        print(f"{group}: {', '.join(group_options(group))}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.stages.convert import run_convert
+
+    cfg = compose("convert", args.overrides)
+    _quiet_libraries()
+    print(f"converting model={cfg.model.name} (source={cfg.model.source}, subln={cfg.bitnet.subln}) ...", flush=True)
+    result = run_convert(cfg)
+    if args.json:
+        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+    else:
+        m = result.metrics
+        print(f"wrote BitNet checkpoint: {result.out}")
+        print(
+            f"  {int(m['bitlinear_modules'])} BitLinear modules, {int(m['ternary_params']):,} ternary + "
+            f"{int(m['full_precision_params']):,} full-precision params, "
+            f"{m['ternary_zero_fraction']:.1%} ternary zeros, {m['convert_seconds']:.1f} s"
+        )
+    return 0
+
+
+COMMANDS = {"convert": _cmd_convert, "config": _cmd_config, "options": _cmd_options}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wrinklefree",
+        description="Turn HF language models into ternary BitNet models that llama.cpp runs.",
+        epilog="Example: wrinklefree convert model=smollm2_135m out=outputs/smollm2-bitnet",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), help="what to run")
+    parser.add_argument("overrides", nargs="*", help="config overrides: group=option or a.b.c=value")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    from wrinklefree_core.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The `compute` config group: where a stage runs (this process, or a SkyPilot GPU job)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from wrinklefree_core.config.base import Section
+
+
+class ComputeConfig(Section):
+    """Execution backend and resources."""
+
+    backend: Literal["local", "skypilot"] = Field("local", description="local = in this process; skypilot = a cloud GPU job.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for local runs; auto picks cuda when present.")
+    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
+        "auto", description="Training precision; auto = bf16-mixed on GPU, fp32 on CPU."
+    )
+    accelerators: str = Field("H100:1", description="SkyPilot accelerator spec per node, e.g. H100:8.")
+    num_nodes: int = Field(1, gt=0, description="SkyPilot nodes; >1 runs torchrun across nodes with FSDP.")
+    cloud: str | None = Field(None, description="SkyPilot cloud (null = any enabled cloud).")
+    region: str | None = Field(None, description="SkyPilot region (null = any).")
+    disk_size_gb: int = Field(256, gt=0, description="Boot disk size of each node.")
+    use_spot: bool = Field(False, description="Use spot instances.")
+    teardown: bool = Field(True, description="Tear the cluster down when the job ends.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Multi-GPU strategy; auto = ddp on 1 node, fsdp on many.")

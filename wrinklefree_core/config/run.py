@@ -1,0 +1,40 @@
+"""RunConfig: everything one stage run needs, as one validated object.
+
+Groups (`model`, `training`, `data`, `compute`) are chosen by name on the command line and filled
+from `configs/<group>/<option>.yaml`; `bitnet` holds the conversion settings; the remaining fields are
+per-run (output location, seed, tracking).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from wrinklefree_core.config.base import Section
+from wrinklefree_core.config.compute import ComputeConfig
+from wrinklefree_core.config.data import DataConfig
+from wrinklefree_core.config.model import ModelConfig
+from wrinklefree_core.config.training import TrainingConfig
+from wrinklefree_core.models.settings import BitNetSettings
+
+GROUPS = ("model", "training", "data", "compute")
+
+
+class TrackingConfig(Section):
+    """Where runs are logged."""
+
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite store under the cache folder.")
+    experiment: str = Field("wrinklefree", description="MLflow experiment name.")
+
+
+class RunConfig(Section):
+    """The resolved configuration of one stage run."""
+
+    stage: str = Field("convert", description="Stage this config runs: convert, train, eval, export.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Full-precision source model.")
+    bitnet: BitNetSettings = Field(default_factory=BitNetSettings, description="How the model is converted to BitNet.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training recipe.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out data.")
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Where and on what the stage runs.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
+    out: str | None = Field(None, description="Output artifact URI (local folder or gs://bucket/prefix).")
+    seed: int = Field(0, description="Global random seed.")

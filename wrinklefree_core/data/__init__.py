@@ -1,0 +1,1 @@
+"""Text data: corpora shipped by packages, local files, tokenization and packing."""

@@ -1,0 +1,22 @@
+"""The exceptions that mean "the user asked for something that cannot be done", not a bug.
+
+The CLI prints these as one `error: ...` line and exits 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from wrinklefree_core.config.compose import ConfigError
+from wrinklefree_core.data.corpora import CorpusError
+from wrinklefree_core.models.architectures import UnsupportedArchitectureError
+from wrinklefree_core.models.checkpoint import CheckpointError
+from wrinklefree_core.models.sources import ModelSourceError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    CorpusError,
+    ModelSourceError,
+    UnsupportedArchitectureError,
+    CheckpointError,
+    FileExistsError,
+    FileNotFoundError,
+)

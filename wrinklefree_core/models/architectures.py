@@ -1,0 +1,133 @@
+"""Registry of the Hugging Face architectures that convert to BitNet, and what each means downstream.
+
+Design choices:
+- An explicit allow-list, not duck typing. Conversion only swaps nn.Linear modules, so many more models
+  would "convert" without error, but the GGUF exporter and the tests' reference forward know exactly
+  these graphs (pre-norm decoder, RoPE, GQA, SiLU-gated MLP). Anything else is refused up front with a
+  message that names what was found and what is supported.
+- `architecture_of` returns the registry entry *resolved for one config*: Llama and Qwen3 carry
+  optional biases behind config flags, so the entry records the biases the model really has, which
+  is what conversion and export need.
+- Refused on purpose: MoE (experts are not attention/MLP projections in the same place), sliding-window
+  attention (neither llama.cpp's `bitnet` graph nor the reference forward model it), and model classes
+  other than `<Arch>ForCausalLM` (conversion needs `model.model.layers` and `lm_head`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+# Config attributes whose presence (with a truthy value) marks a mixture-of-experts model.
+_MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model or config is not one of the architectures conversion and export know."""
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """What conversion and GGUF export need to know about one HF decoder architecture.
+
+    Attributes:
+        hf_class: the HF causal-LM class name, e.g. "LlamaForCausalLM".
+        model_type: `config.model_type`, e.g. "llama".
+        gguf_arch: llama.cpp architecture name used when a model exports without SubLN.
+        qkv_bias: q_proj/k_proj/v_proj carry a bias.
+        o_bias: o_proj carries a bias.
+        mlp_bias: gate/up/down_proj carry a bias.
+        qk_norm: per-head RMSNorm on q and k after projection (Qwen3's q_norm/k_norm).
+        bias_from_config: config flags that switch biases on ("attention_bias", "mlp_bias"); the
+            registry entry holds the defaults and `architecture_of` resolves them per config.
+    """
+
+    hf_class: str
+    model_type: str
+    gguf_arch: str
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    bias_from_config: tuple[str, ...] = ()
+
+    def resolve(self, config: Any) -> "ArchitectureSpec":
+        """Return this entry with the config-dependent bias flags filled in."""
+        changes: dict[str, bool] = {}
+        if "attention_bias" in self.bias_from_config and getattr(config, "attention_bias", False):
+            changes.update(qkv_bias=True, o_bias=True)
+        if "mlp_bias" in self.bias_from_config and getattr(config, "mlp_bias", False):
+            changes.update(mlp_bias=True)
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
+    # Llama covers SmolLM2; Llama's attention_bias puts a bias on q, k, v *and* o.
+    "llama": ArchitectureSpec(
+        hf_class="LlamaForCausalLM",
+        model_type="llama",
+        gguf_arch="llama",
+        bias_from_config=("attention_bias", "mlp_bias"),
+    ),
+    # Qwen2 always has q/k/v biases and never an o_proj or MLP bias; there is no config flag.
+    "qwen2": ArchitectureSpec(hf_class="Qwen2ForCausalLM", model_type="qwen2", gguf_arch="qwen2", qkv_bias=True),
+    # Qwen3 drops Qwen2's biases (optional via attention_bias) and adds per-head QK-norm.
+    "qwen3": ArchitectureSpec(
+        hf_class="Qwen3ForCausalLM",
+        model_type="qwen3",
+        gguf_arch="qwen3",
+        qk_norm=True,
+        bias_from_config=("attention_bias",),
+    ),
+}
+
+
+def _supported_list() -> str:
+    return ", ".join(f"{s.hf_class} (model_type '{s.model_type}')" for s in SUPPORTED_ARCHITECTURES.values())
+
+
+def _refuse(found: str, reason: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"Cannot convert {found} to BitNet: {reason}. Supported architectures: {_supported_list()}. "
+        "Use one of these (e.g. a SmolLM2, Qwen2.5 or Qwen3 checkpoint), or add an entry to "
+        "wrinklefree_core/models/architectures.py together with conversion and export tests for it."
+    )
+
+
+def architecture_of(config_or_model: Any) -> ArchitectureSpec:
+    """Return the resolved registry entry for an HF config or causal-LM model.
+
+    Raises UnsupportedArchitectureError (a ValueError) naming the architecture found, the supported
+    ones and what to do, for unknown model types, MoE variants, sliding-window attention, or a model
+    object that is not the `<Arch>ForCausalLM` class.
+    """
+    model = config_or_model if isinstance(config_or_model, nn.Module) else None
+    config = getattr(config_or_model, "config", None) if model is not None else config_or_model
+    if config is None or not hasattr(config, "model_type"):
+        found = type(config_or_model).__name__
+        raise _refuse(found, "it has no Hugging Face config with a model_type")
+
+    model_type = config.model_type
+    archs = getattr(config, "architectures", None) or []
+    found = type(model).__name__ if model is not None else (archs[0] if archs else f"model_type '{model_type}'")
+    spec = SUPPORTED_ARCHITECTURES.get(model_type)
+    if spec is None:
+        raise _refuse(found, f"model_type '{model_type}' is not supported")
+
+    if model is not None:
+        # A subclass of the causal-LM class (e.g. a training wrapper) is fine; LlamaModel or
+        # LlamaForSequenceClassification is not: they lack lm_head or the model.model.layers path.
+        if spec.hf_class not in {cls.__name__ for cls in type(model).__mro__}:
+            raise _refuse(found, f"expected the causal-LM class {spec.hf_class} for model_type '{model_type}'")
+    elif archs and spec.hf_class not in archs:
+        raise _refuse(found, f"config.architectures is {archs}, expected {spec.hf_class}")
+
+    moe = [f for f in _MOE_FIELDS if getattr(config, f, None)]
+    if moe:
+        raise _refuse(found, f"it is a mixture-of-experts model ({', '.join(moe)} set)")
+    if "sliding_attention" in (getattr(config, "layer_types", None) or []) or getattr(config, "use_sliding_window", False):
+        raise _refuse(found, "sliding-window attention is enabled (use_sliding_window / layer_types)")
+    return spec.resolve(config)

@@ -1,0 +1,79 @@
+"""BitLinear: an nn.Linear whose forward uses ternary weights and int8 per-token activations.
+
+Design choices:
+- It *is* an nn.Linear (same `weight`/`bias` names and shapes), so a converted checkpoint keeps the
+  original parameter names and an HF state dict loads into it unchanged. The latent full-precision
+  weight is what trains; quantization happens in forward (quantization-aware training with an STE).
+- `quant_lambda` (a 0-dim buffer, not saved in the state dict) blends full precision (0) and fully
+  quantized (1). The warmup scheduler writes it each optimizer step; checkpoints record it in
+  config.json. As a tensor it never forces a recompile or a host sync.
+- An optional `sub_norm` (SubLN) runs on the input before quantization; conversion attaches it to
+  o_proj and down_proj. Its weight is saved as `<proj>.sub_norm.weight`.
+- The bias (Qwen2's q/k/v) stays full precision and is added after the matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wrinklefree_core.models.subln import SubLN
+from wrinklefree_core.quant.ops import quantize_activation_ste, quantize_weight_ste
+
+
+class BitLinear(nn.Linear):
+    """Linear layer with ternary weight / int8 activation fake quantization and an STE."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        *,
+        sub_norm_eps: float | None = None,
+        quant_lambda: float = 1.0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("quant_lambda", torch.tensor(float(quant_lambda), device=device), persistent=False)
+        self.sub_norm = SubLN(in_features, sub_norm_eps, device=device, dtype=dtype) if sub_norm_eps is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, sub_norm_eps: float | None = None, quant_lambda: float = 1.0) -> "BitLinear":
+        """Build a BitLinear that shares `linear`'s weight and bias tensors (no copy)."""
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            sub_norm_eps=sub_norm_eps,
+            quant_lambda=quant_lambda,
+            device="meta",
+        )
+        new.weight = linear.weight
+        if linear.bias is not None:
+            new.bias = linear.bias
+        device, dtype = linear.weight.device, linear.weight.dtype
+        new.quant_lambda = torch.tensor(float(quant_lambda), device=device)
+        if new.sub_norm is not None:
+            new.sub_norm = SubLN(linear.in_features, sub_norm_eps, device=device, dtype=dtype)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sub_norm is not None:
+            x = self.sub_norm(x)
+        lam = self.quant_lambda
+        w = quantize_weight_ste(self.weight, lam)
+        x = quantize_activation_ste(x, lam)
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", sub_norm={self.sub_norm is not None}"
+
+
+def set_quant_lambda(model: nn.Module, value: float) -> None:
+    """Write `value` into every BitLinear's quant_lambda in place (no reallocation, no recompile)."""
+    for module in model.modules():
+        if isinstance(module, BitLinear):
+            module.quant_lambda.fill_(float(value))

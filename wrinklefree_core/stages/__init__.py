@@ -1,0 +1,1 @@
+"""Stage runners: pure functions of (RunConfig, input artifacts) -> output artifacts + metrics."""

@@ -1,0 +1,79 @@
+"""The convert stage: full-precision HF model -> BitNet checkpoint folder.
+
+Steps: materialize the source model as an HF folder (cached), load it, swap attention/MLP linears for
+BitLinear and insert SubLN per `cfg.bitnet`, save the checkpoint with its tokenizer and stage.json in
+one atomic rename. No training happens here; metrics describe the conversion (parameter split,
+fraction of ternary zeros, time).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
+from wrinklefree_core.models.convert import convert_to_bitnet
+from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
+from wrinklefree_core.quant.reference import ternarize_weight
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+
+
+@dataclass
+class StageResult:
+    """What a stage produced."""
+
+    out: Path
+    metrics: dict[str, float]
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """Output folder used when `out=` is not given."""
+    return Path("outputs") / f"{cfg.model.name}-bitnet"
+
+
+def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """Parameter split and ternary statistics of a converted model."""
+    bit_params, zeros, n_bit = 0, 0, 0
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, BitLinear):
+            n_bit += 1
+            wq, _ = ternarize_weight(module.weight.detach())
+            bit_params += wq.numel()
+            zeros += int((wq == 0).sum())
+            seen.add(id(module.weight))
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return {
+        "bitlinear_modules": n_bit,
+        "ternary_params": bit_params,
+        "full_precision_params": total - bit_params,
+        "ternary_zero_fraction": zeros / max(bit_params, 1),
+    }
+
+
+def run_convert(cfg: RunConfig) -> StageResult:
+    """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out`."""
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if str(out).startswith("gs://"):
+        raise ValueError("convert writes to a local folder; gs:// outputs arrive with the storage layer")
+    if out.exists() and not is_bitnet_checkpoint(out):
+        raise FileExistsError(
+            f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out= or remove it."
+        )
+    if cfg.model.source == "hf" and is_bitnet_checkpoint(Path(cfg.model.path).expanduser()):
+        raise ModelSourceError(f"{cfg.model.path} is already a BitNet checkpoint; pass the original HF model to convert")
+    start = time.perf_counter()
+    source = materialize(cfg.model)
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_hf_model(source, dtype=dtype)
+    convert_to_bitnet(model, cfg.bitnet)
+    metrics = conversion_metrics(model)
+    metrics["convert_seconds"] = time.perf_counter() - start
+    manifest = build_manifest("convert", cfg.model_dump(mode="json"), {"source_model": str(source)}, metrics)
+    save_bitnet_checkpoint(model, out, cfg.bitnet, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)})
+    return StageResult(out=out, metrics=metrics)

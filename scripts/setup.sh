@@ -23,6 +23,9 @@ echo "setup: installing into $VENV (first run on a fresh machine takes a few min
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/pip" install -q torch==2.13.0
+# llama-cpp-python builds llama.cpp from source (~10 min on 2 cores, once: pip caches the wheel).
+# No tools, no multimodal, portable CPU flags: the export only needs libllama.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TOOLS=OFF -DMTMD_BUILD=OFF}"
 "$VENV/bin/pip" install -q --no-deps -r requirements/lock.txt
 "$VENV/bin/pip" install -q --no-deps -e .
 echo "$want" > "$STAMP"

@@ -96,3 +96,16 @@ def test_state_dict_keys_match_nn_linear():
     assert set(_layer().state_dict()) == {"weight", "bias"}  # quant_lambda is not persistent
     assert set(_layer(sub_norm_eps=1e-5).state_dict()) == {"weight", "bias", "sub_norm.weight"}
     assert set(_layer(bias=False).state_dict()) == {"weight"}
+
+
+def test_quant_lambda_stays_fp32_under_dtype_casts():
+    """model.to(bf16) must not round the warmup value (0.3 would become 0.30078 in bf16)."""
+    from wrinklefree_core.models.bitlinear import set_quant_lambda
+
+    layer = BitLinear(256, 32)
+    set_quant_lambda(layer, 0.3)
+    layer = layer.to(torch.bfloat16)
+    assert layer.weight.dtype == torch.bfloat16
+    assert layer.quant_lambda.dtype == torch.float32
+    assert layer.quant_lambda.item() == torch.tensor(0.3).item()
+    assert layer(torch.randn(2, 256, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -4,7 +4,7 @@ Command-line syntax (the same for every stage):
 - `group=option` picks `configs/<group>/<option>.yaml` for a group (model, training, data, compute);
   `model=` also takes a path to a local HF model folder.
 - `a.b.c=value` overrides one field; the value is parsed as YAML (`true`, `3`, `[a, b]`, `null`).
-- `key=value` for a top-level field (`out=DIR`, `seed=1`).
+- `key=value` for a top-level field (`out=DIR`, `seed=1`); `format=` is short for `export.format=`.
 
 Order: configs/defaults.yaml, then group choices, then dotted overrides in the order given. The merged
 dict is validated by RunConfig; pydantic errors are rewritten to name the dotted key and the closest
@@ -22,6 +22,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from wrinklefree_core.config.run import GROUPS, RunConfig
+
+
+# Short top-level spellings the stage commands document (`wrinklefree export format=gguf`).
+ALIASES = {"format": "export.format"}
 
 
 class ConfigError(ValueError):
@@ -167,6 +171,7 @@ def compose(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfi
     dotted: list[tuple[str, Any]] = []
     top_level: dict[str, Any] = {}
     for key, value in parsed:
+        key = ALIASES.get(key, key)
         if key in GROUPS:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(f"'{key}=' takes the name of a {key} config ({', '.join(group_options(key))})")

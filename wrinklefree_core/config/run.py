@@ -12,6 +12,7 @@ from pydantic import Field
 from wrinklefree_core.config.base import Section
 from wrinklefree_core.config.compute import ComputeConfig
 from wrinklefree_core.config.data import DataConfig
+from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.config.model import ModelConfig
 from wrinklefree_core.config.training import TrainingConfig
 from wrinklefree_core.models.settings import BitNetSettings
@@ -35,6 +36,8 @@ class RunConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training recipe.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out data.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Where and on what the stage runs.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Export format, GGUF types and verification.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
-    out: str | None = Field(None, description="Output artifact URI (local folder or gs://bucket/prefix).")
+    checkpoint: str | None = Field(None, description="Input checkpoint URI for stages that read one (export, eval, train).")
+    out: str | None = Field(None, description="Output artifact URI (local folder, file, or gs://bucket/prefix).")
     seed: int = Field(0, description="Global random seed.")

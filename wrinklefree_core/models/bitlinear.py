@@ -60,6 +60,13 @@ class BitLinear(nn.Linear):
             new.sub_norm = SubLN(linear.in_features, sub_norm_eps, device=device, dtype=dtype)
         return new
 
+    def _apply(self, fn, recurse=True):
+        # model.to(bfloat16) would round lambda (0.3 -> 0.30078); keep it fp32 and only follow the device.
+        lam = self.quant_lambda
+        super()._apply(fn, recurse)
+        self.quant_lambda = lam.to(device=self.weight.device, dtype=torch.float32)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
             x = self.sub_norm(x)

@@ -1,0 +1,32 @@
+"""The `export` section: GGUF for llama.cpp, or an HF folder that stock transformers loads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from wrinklefree_core.config.base import Section
+
+
+class ExportConfig(Section):
+    """How a checkpoint is written out and verified."""
+
+    format: Literal["gguf", "hf"] = Field("gguf", description="gguf = llama.cpp file; hf = stock-transformers BitNet folder.")
+    ternary_type: Literal["tq2_0", "tq1_0"] = Field(
+        "tq2_0", description="GGUF type of ternary matrices whose input width is a multiple of 256."
+    )
+    fallback_type: Literal["q4_0", "q8_0"] = Field(
+        "q4_0", description="Lossless GGUF type for ternary matrices whose input width is not a multiple of 256."
+    )
+    float_type: Literal["f16", "f32"] = Field("f16", description="GGUF type of the embedding (and untied output) matrix.")
+    verify: bool = Field(True, description="Run the exported file in llama.cpp and compare logits with PyTorch.")
+    verify_prompt: str = Field(
+        "The quick brown fox jumps over the lazy dog. To be, or not to be, that is the question: 1, 2, 3.",
+        description="Text whose logits are compared during verification.",
+    )
+    verify_max_rel_error: float = Field(
+        0.02, gt=0, description="Largest allowed relative L2 error of llama.cpp logits vs the modelled PyTorch reference."
+    )
+    verify_min_top1: float = Field(0.95, ge=0, le=1, description="Smallest allowed fraction of positions whose top-1 token agrees.")
+    hf_packed: bool = Field(False, description="format=hf: store ternary weights packed 2-bit (offline) instead of latent fp weights.")

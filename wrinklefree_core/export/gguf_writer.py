@@ -1,0 +1,226 @@
+"""Write a BitNet checkpoint as one GGUF file that llama.cpp runs on CPU.
+
+Design choices:
+- Plan, then encode, then write: the layout (arch, names, refusals), the tokenizer metadata and every
+  tensor's blocks are all computed before the output file is opened, so a refused or broken checkpoint
+  never produces a file. (Encoded tensors are held in memory: ternary blocks are small, and the float
+  embedding is the one tensor the size of an F16 export.)
+- Atomic: the file is written to `<out>.tmp-<pid>` beside the target and renamed over it only when
+  complete; on any error the temp file is removed and an existing file at `out` is left untouched.
+- `general.file_type` names the ternary type when any matrix uses it, else the fallback type; the
+  per-tensor truth is in the file and in GGUFExportReport, which `format_report` prints as a table.
+- `f16_bytes` is what the same file would take with every matrix in F16 (1-D tensors stay F32),
+  computed from the shapes, so the report can state the size reduction without writing that file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+from wrinklefree_core.config.export import ExportConfig
+from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout
+from wrinklefree_core.export.gguf_quant import (
+    FALLBACK_TYPES,
+    FLOAT_TYPES,
+    TERNARY_TYPES,
+    EncodedTensor,
+    encode_float,
+    encode_ternary,
+    ternary_type_for,
+    type_nbytes,
+)
+from wrinklefree_core.export.gguf_tokenizer import GGUFVocab, read_vocab, write_vocab
+from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
+
+T = GGMLQuantizationType
+_FILE_TYPES = {
+    T.TQ2_0: LlamaFileType.MOSTLY_TQ2_0,
+    T.TQ1_0: LlamaFileType.MOSTLY_TQ1_0,
+    T.Q4_0: LlamaFileType.MOSTLY_Q4_0,
+    T.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    T.F16: LlamaFileType.MOSTLY_F16,
+    T.F32: LlamaFileType.ALL_F32,
+}
+_ALIGNMENT = 32  # GGUF's default general.alignment; tensor data is padded to it
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """One written tensor: names, chosen GGUF type, PyTorch shape, bytes of data (no padding)."""
+
+    hf_name: str
+    gguf_name: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class GGUFExportReport:
+    """What write_gguf produced."""
+
+    path: Path
+    arch: str
+    tensors: list[TensorRecord]
+    file_bytes: int
+    f16_bytes: int
+    pre_tokenizer: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def types(self) -> dict[str, str]:
+        """GGUF tensor name -> type name."""
+        return {t.gguf_name: t.ggml_type for t in self.tensors}
+
+
+def _pad(n: int) -> int:
+    return (n + _ALIGNMENT - 1) // _ALIGNMENT * _ALIGNMENT
+
+
+def encode_tensors(model: torch.nn.Module, layout: GGUFLayout, cfg: ExportConfig) -> list[tuple[str, EncodedTensor]]:
+    """Encode every tensor of `layout` from `model`'s state dict, in layout order."""
+    state = model.state_dict()
+    float_type = FLOAT_TYPES[cfg.float_type]
+    out = []
+    for spec in layout.tensors:
+        tensor = state[spec.hf_name]
+        if spec.role == "ternary":
+            qtype = ternary_type_for(tensor.shape[-1], cfg.ternary_type, cfg.fallback_type)
+            enc = encode_ternary(tensor, qtype, spec.hf_name, spec.permute_heads)
+        elif spec.role in ("matrix", "embedding", "output"):
+            if spec.permute_heads is not None:
+                tensor = permute_rows(tensor, spec.permute_heads)
+            enc = encode_float(tensor, float_type, spec.hf_name)
+        else:  # norms and biases stay F32
+            if spec.permute_heads is not None:
+                tensor = permute_rows(tensor, spec.permute_heads)
+            enc = encode_float(tensor, T.F32, spec.hf_name)
+        out.append((spec.gguf_name, enc))
+    return out
+
+
+def _file_type(encoded: list[tuple[str, EncodedTensor]], cfg: ExportConfig) -> LlamaFileType:
+    used = {e.ggml_type for _, e in encoded}
+    for qtype in (TERNARY_TYPES[cfg.ternary_type], FALLBACK_TYPES[cfg.fallback_type], FLOAT_TYPES[cfg.float_type]):
+        if qtype in used:
+            return _FILE_TYPES[qtype]
+    return LlamaFileType.ALL_F32
+
+
+def _add_hparams(writer: GGUFWriter, layout: GGUFLayout, name: str, file_type: LlamaFileType) -> None:
+    d = layout.dims
+    writer.add_name(name)
+    writer.add_context_length(d.n_ctx_train)
+    writer.add_embedding_length(d.n_embd)
+    writer.add_block_count(d.n_layer)
+    writer.add_feed_forward_length(d.n_ff)
+    writer.add_head_count(d.n_head)
+    writer.add_head_count_kv(d.n_head_kv)
+    writer.add_key_length(d.head_dim)
+    writer.add_value_length(d.head_dim)
+    writer.add_rope_dimension_count(d.head_dim)
+    writer.add_rope_freq_base(d.rope_theta)
+    writer.add_layer_norm_rms_eps(d.rms_eps)
+    writer.add_vocab_size(d.n_vocab)
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _write_file(
+    path: Path, layout: GGUFLayout, vocab: GGUFVocab, encoded: list[tuple[str, EncodedTensor]], name: str, cfg: ExportConfig
+) -> None:
+    writer = GGUFWriter(str(path), layout.arch)
+    try:
+        _add_hparams(writer, layout, name, _file_type(encoded, cfg))
+        write_vocab(writer, vocab)
+        for gguf_name, enc in encoded:
+            if enc.ggml_type in (T.F16, T.F32):
+                writer.add_tensor(gguf_name, enc.data)
+            else:
+                writer.add_tensor(gguf_name, enc.data, raw_dtype=enc.ggml_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    with open(path, "rb") as f:  # flushed to disk before the rename publishes it
+        os.fsync(f.fileno())
+
+
+def write_gguf(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, cfg: ExportConfig) -> GGUFExportReport:
+    """Export a BitNet checkpoint folder to a GGUF file at `out_path`, atomically; return what was written.
+
+    Raises CheckpointError for a missing/corrupt checkpoint and ExportError for a layout, tokenizer or
+    tensor llama.cpp cannot represent exactly; in both cases nothing is written and an existing file at
+    `out_path` is untouched.
+    """
+    out = Path(out_path)
+    if out.is_dir():
+        raise ExportError(f"Output path {out} is a folder; give the .gguf file name to write.")
+    model, settings = load_bitnet_checkpoint(checkpoint_dir)
+    layout = plan_layout(model, settings)
+    vocab = read_vocab(checkpoint_dir, model.config, layout.dims.n_vocab)
+    with torch.no_grad():
+        encoded = encode_tensors(model, layout, cfg)
+    name = Path(checkpoint_dir).resolve().name
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    try:
+        _write_file(tmp, layout, vocab, encoded, name, cfg)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+    file_bytes = out.stat().st_size
+    data_bytes = sum(_pad(e.nbytes) for _, e in encoded)
+    f16_data = sum(_pad(type_nbytes(e.shape, T.F16 if len(e.shape) > 1 else T.F32)) for _, e in encoded)
+    records = [
+        TensorRecord(spec.hf_name, gguf_name, enc.ggml_type.name, enc.shape, enc.nbytes)
+        for spec, (gguf_name, enc) in zip(layout.tensors, encoded)
+    ]
+    return GGUFExportReport(
+        path=out,
+        arch=layout.arch,
+        tensors=records,
+        file_bytes=file_bytes,
+        f16_bytes=file_bytes - data_bytes + f16_data,
+        pre_tokenizer=vocab.pre,
+        notes=list(vocab.notes),
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def format_report(report: GGUFExportReport) -> str:
+    """A table of every tensor's GGUF type and size, a per-type summary, and the file size vs an F16 export."""
+    rows = [("gguf tensor", "type", "shape", "bytes")]
+    rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"GGUF export: {report.path} (arch {report.arch}, pre-tokenizer {report.pre_tokenizer})"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    by_type: dict[str, list[int]] = {}
+    for t in report.tensors:
+        entry = by_type.setdefault(t.ggml_type, [0, 0])
+        entry[0] += 1
+        entry[1] += t.nbytes
+    lines.append("")
+    lines.append("by type: " + ", ".join(f"{k} {n} tensors {_mib(b)}" for k, (n, b) in sorted(by_type.items())))
+    ratio = report.f16_bytes / report.file_bytes if report.file_bytes else float("nan")
+    lines.append(
+        f"file size {_mib(report.file_bytes)} ({report.file_bytes} bytes) vs all-F16 export "
+        f"{_mib(report.f16_bytes)}: {ratio:.2f}x smaller"
+    )
+    lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines)

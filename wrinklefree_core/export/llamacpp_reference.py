@@ -1,0 +1,154 @@
+"""A PyTorch forward that computes what llama.cpp's CPU backend computes for an exported GGUF.
+
+The exact BitNet model (per-token int8 activations over the whole row) and llama.cpp (activations
+quantized per block by the weight type's `vec_dot_type`) differ by quantization noise of ~1% on the
+logits, far above the size of any real export bug one would want to catch. Modelling llama.cpp's
+rounding brings the two to float-summation noise (~1e-5 relative), so verification can be tight.
+
+Design choices:
+- The HF model runs unchanged; `llamacpp_numerics` swaps the forward of every matmul module (BitLinear,
+  full-precision nn.Linear, the embedding) for the duration of a `with` block, as an instance attribute
+  that is deleted on exit. Norms, RoPE, attention and the residual stream are HF's own fp32 code;
+  llama.cpp runs them in fp32 too (F32 KV cache, no flash attention), so they are not modelled.
+- Weights are the values read back from the GGUF file (dequantized with gguf's own code, q/k rows
+  un-permuted), so the fp16 rounding of scales and embeddings is exactly what the file holds.
+- Activations, per ggml-cpu's type traits and the AVX2 build of ggml:
+  - TQ1_0/TQ2_0 -> Q8_K (quantize_row_q8_K_ref, per 256-block): m = the signed value of largest
+    magnitude (first one), iscale = -127/m, q = min(127, round_half_even(iscale*x)), x' = q / iscale
+    (d = 1/iscale is stored as f32).
+  - Q4_0/Q8_0 -> Q8_0 (AVX quantize_row_q8_0, per 32-block): a = max|x|, d = a/127 stored as fp16,
+    q = round_half_even(x * 127/a), x' = fp16(d) * q.
+  - F16 -> the activation is rounded to fp16 (products accumulate in f32); F32 -> unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType, GGUFReader, quants
+from torch import nn
+
+from wrinklefree_core.export.gguf_layout import GGUFLayout, unpermute_rows
+from wrinklefree_core.models.bitlinear import BitLinear
+
+T = GGMLQuantizationType
+Q8_K_BLOCK = 256
+Q8_0_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """A tensor read back from a GGUF: dequantized fp32 values in HF layout, and its GGUF type."""
+
+    value: torch.Tensor
+    ggml_type: GGMLQuantizationType
+
+
+def read_gguf_tensors(path: str | Path, layout: GGUFLayout) -> dict[str, GGUFTensor]:
+    """Read and dequantize every tensor of a GGUF, keyed by HF name (q/k rows back in HF order)."""
+    specs = layout.by_gguf_name()
+    out: dict[str, GGUFTensor] = {}
+    for t in GGUFReader(str(path)).tensors:
+        spec = specs[t.name]
+        qtype = GGMLQuantizationType(t.tensor_type)
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists ne0 (the input width) first
+        value = torch.from_numpy(np.array(quants.dequantize(t.data, qtype), dtype=np.float32)).reshape(shape)
+        if spec.permute_heads is not None:
+            value = unpermute_rows(value, spec.permute_heads)
+        out[spec.hf_name] = GGUFTensor(value.contiguous(), qtype)
+    return out
+
+
+def q8_k_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """x as ggml's Q8_K blocks dequantize it (last dim a multiple of 256), in fp32."""
+    shape = x.shape
+    b = x.float().reshape(-1, Q8_K_BLOCK)
+    idx = b.abs().argmax(dim=-1, keepdim=True)  # first index of the largest magnitude, as the C loop
+    m = b.gather(-1, idx)
+    zero = m == 0
+    iscale = torch.where(zero, torch.ones_like(m), -127.0 / m)
+    q = torch.round(iscale * b).clamp(max=127.0)
+    d = 1.0 / iscale
+    return torch.where(zero, torch.zeros_like(b), d * q).reshape(shape)
+
+
+def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """x as ggml's Q8_0 blocks (AVX2 quantizer) dequantize it (last dim a multiple of 32), in fp32."""
+    shape = x.shape
+    b = x.float().reshape(-1, Q8_0_BLOCK)
+    a = b.abs().amax(dim=-1, keepdim=True)
+    d16 = (a / 127.0).half().float()
+    inv = torch.where(a == 0, torch.zeros_like(a), 127.0 / torch.where(a == 0, torch.ones_like(a), a))
+    q = torch.round(b * inv)
+    return (d16 * q).reshape(shape)
+
+
+def activation_roundtrip(x: torch.Tensor, weight_type: GGMLQuantizationType) -> torch.Tensor:
+    """The activation llama.cpp multiplies with a weight of `weight_type` (its vec_dot_type rounding)."""
+    if weight_type in (T.TQ1_0, T.TQ2_0):
+        return q8_k_roundtrip(x)
+    if weight_type in (T.Q4_0, T.Q8_0):
+        return q8_0_roundtrip(x)
+    if weight_type == T.F16:
+        return x.float().half().float()
+    if weight_type == T.F32:
+        return x.float()
+    raise ValueError(f"no activation model for weight type {weight_type.name}")
+
+
+def _linear_forward(weight: GGUFTensor, bias: torch.Tensor | None):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self, BitLinear) and self.sub_norm is not None:
+            x = self.sub_norm(x)
+        y = F.linear(activation_roundtrip(x, weight.ggml_type), weight.value, bias)
+        return y.to(x.dtype)
+
+    return forward
+
+
+def _embedding_forward(weight: GGUFTensor):
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, weight.value)
+
+    return forward
+
+
+@contextlib.contextmanager
+def llamacpp_numerics(model: nn.Module, tensors: dict[str, GGUFTensor]) -> Iterator[nn.Module]:
+    """Within the block, `model` computes with the GGUF's weights and llama.cpp's activation rounding.
+
+    `tensors` comes from read_gguf_tensors. A tied lm_head uses the embedding's GGUF tensor, as
+    llama.cpp does. Norm weights and biases are F32 in the file, equal to the model's, and stay as they are.
+    """
+    patched: list[nn.Module] = []
+    embed = model.get_input_embeddings()
+    embed_name = next(n for n, m in model.named_modules() if m is embed)
+    try:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                key = f"{name}.weight"
+                if key not in tensors and name == "lm_head":
+                    key = f"{embed_name}.weight"
+                bias = tensors[f"{name}.bias"].value if module.bias is not None else None
+                module.forward = types.MethodType(_linear_forward(tensors[key], bias), module)
+                patched.append(module)
+            elif module is embed:
+                module.forward = types.MethodType(_embedding_forward(tensors[f"{name}.weight"]), module)
+                patched.append(module)
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def reference_logits(model: nn.Module, tensors: dict[str, GGUFTensor], ids: torch.Tensor) -> torch.Tensor:
+    """Logits (seq, vocab) of the modelled llama.cpp forward for one sequence of token ids."""
+    with torch.no_grad(), llamacpp_numerics(model, tensors):
+        return model(ids.view(1, -1)).logits[0].float()

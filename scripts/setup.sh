@@ -14,6 +14,13 @@ VENV=.venv
 STAMP="$VENV/.wrinklefree-setup"
 want="$(cat requirements/lock.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
+# The Python documentation corpus (data=python_docs, mixed_pretrain) is a Debian package.
+if [ ! -d /usr/share/doc/python3.11/html/_sources ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian python3.11-doc (text corpus)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc; } >/dev/null \
+        || echo "setup: could not install python3.11-doc; data=python_docs will be unavailable"
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import wrinklefree_core" 2>/dev/null; then
     echo "setup: .venv is up to date"
     exit 0

@@ -2,6 +2,7 @@
 
 Commands:
   convert   HF model -> BitNet checkpoint folder (out=DIR)
+  export    checkpoint=DIR format=gguf|hf out=FILE.gguf|DIR (GGUF verified in llama.cpp)
   config    print the resolved config of a stage: `wrinklefree config train training=unified ...`
   options   list the options of every config group
 
@@ -72,7 +73,23 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _cmd_convert, "config": _cmd_config, "options": _cmd_options}
+def _cmd_export(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.stages.export import run_export
+
+    cfg = compose("export", args.overrides)
+    _quiet_libraries()
+    print(f"exporting {cfg.checkpoint} as {cfg.export.format} ...", flush=True)
+    result, summary = run_export(cfg)
+    if args.json:
+        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+    else:
+        print(summary)
+        print(f"wrote {result.out}")
+    return 0
+
+
+COMMANDS = {"convert": _cmd_convert, "export": _cmd_export, "config": _cmd_config, "options": _cmd_options}
 
 
 def build_parser() -> argparse.ArgumentParser:

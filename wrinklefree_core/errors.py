@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.data.corpora import CorpusError
+from wrinklefree_core.data.documents import DataSourceError
+from wrinklefree_core.export.gguf_layout import ExportError
+from wrinklefree_core.export.hf_export import HFExportError
+from wrinklefree_core.export.verify import VerificationError
 from wrinklefree_core.models.architectures import UnsupportedArchitectureError
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.models.sources import ModelSourceError
@@ -17,6 +21,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ModelSourceError,
     UnsupportedArchitectureError,
     CheckpointError,
+    DataSourceError,
+    ExportError,
+    HFExportError,
+    VerificationError,
     FileExistsError,
     FileNotFoundError,
 )

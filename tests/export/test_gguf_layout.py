@@ -126,3 +126,12 @@ def test_error_while_writing_removes_temp_and_keeps_existing_file(tmp_path, chec
     assert any(".tmp-" in name for name in seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
     assert out.read_bytes() == b"previous export"
+
+
+def test_lrc_adapters_are_refused_with_a_pointer_to_the_lora_path():
+    lrc = pytest.importorskip("wrinklefree_core.models.lrc")
+    s = BitNetSettings()
+    model = convert_to_bitnet(tiny_model("llama-tied"), s)
+    lrc.add_lrc_adapters(model, rank_fraction=0.25)
+    with pytest.raises(ExportError, match="LoRA adapter"):
+        plan_layout(model, s)

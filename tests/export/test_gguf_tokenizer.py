@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import llama_cpp
 import pytest
 from gguf import GGUFWriter
 from transformers import AutoConfig, AutoTokenizer
@@ -18,8 +19,6 @@ from tests.export.conftest import SAMPLE_TEXT, SMOLLM2_CHECKPOINT, source_folder
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import ExportError, detect_pre_tokenizer, read_vocab
 from wrinklefree_core.export.gguf_tokenizer import write_vocab
-
-llama_cpp = pytest.importorskip("llama_cpp")
 
 TEXTS = [SAMPLE_TEXT, ExportConfig().verify_prompt, "a  1", "x 12  345\n 6\n\n\nend", "<|endoftext|>after special"]
 
@@ -131,3 +130,25 @@ def test_smollm2_with_digit_splitting_round_trip(tmp_path):
     """SmolLM2's original tokenizer.json (Digits + ByteLevel) maps to llama.cpp's 'smollm'."""
     folder = with_pre_tokenizer(SMOLLM2_CHECKPOINT, tmp_path / "tok", SMOLLM_PRE)
     assert_llama_cpp_matches_hf(folder, tmp_path, "smollm")
+
+
+def test_added_token_and_padded_vocab_round_trip(tmp_path):
+    """A non-special added token is USER_DEFINED (matched in raw text by both); ids beyond the
+    tokenizer up to the model's vocab_size are UNUSED padding, as in Qwen2.5's checkpoints."""
+    folder = tmp_path / "tok"
+    tok = AutoTokenizer.from_pretrained(source_folder("tiny_llama"))
+    tok.add_tokens(["<stage direction>"])
+    tok.save_pretrained(folder)
+    config = AutoConfig.from_pretrained(source_folder("tiny_llama"))
+    config.vocab_size = len(tok) + 7
+    config.save_pretrained(folder)
+    vocab = vocab_gguf(folder, tmp_path / "v.gguf")
+    assert vocab.token_types[len(tok) - 1] == 4 and vocab.tokens[len(tok) - 1] == "<stage direction>"
+    assert vocab.tokens[-1] == f"[PAD{config.vocab_size - 1}]" and set(vocab.token_types[len(tok):]) == {5}
+    llm = llama_cpp.Llama(str(tmp_path / "v.gguf"), vocab_only=True, verbose=False)
+    try:
+        text = "Enter ROMEO<stage direction>, with 2 torches."
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text).input_ids
+        assert llm.n_vocab() == config.vocab_size
+    finally:
+        llm.close()

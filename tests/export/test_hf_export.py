@@ -8,7 +8,7 @@ Design choices:
   differ: 1-ulp effects (transformers multiplies by a rounded 1/s where we divide by s; our STE
   computes x + (Q(x) - x); packed mode divides once after an integer matmul; sdpa vs eager attention).
   Measured: ~3e-7 of the range. Rarely such an ulp moves an activation across a .5 boundary of the
-  int8 grid; that code then differs by one step and the logits by up to ~1% of their range (measured:
+  int8 grid; that code then differs by one step and the logits by up to ~2% of their range (measured:
   one such flip in 8x64 random tokens). So the comparison also looks at the int8 activation codes
   entering every ternary projection: when they all agree (the case for the fixed test input here)
   the tight bound applies; otherwise the first differing code must sit within 1e-3 of a rounding
@@ -46,7 +46,7 @@ IDS = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(1))
 
 @pytest.fixture(scope="module")
 def exported(checkpoint_factory, tmp_path_factory):
-    """(tied, packed, settings kwargs) -> (report, stock model, our model at lambda 1), built once each."""
+    """(tied, packed, settings kwargs) -> (report, stock model, our model at lambda 1, checkpoint), built once."""
     cache: dict[tuple, tuple] = {}
 
     def get(tied: bool = True, packed: bool = False, **settings_kwargs):
@@ -242,7 +242,9 @@ def test_refused_before_writing(checkpoint_factory, tmp_path, model, kwargs, rea
 
 def test_packed_needs_rows_divisible_by_four():
     # 32 heads of width 2 and one KV head: k_proj and v_proj have 2 output rows.
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=32, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_attention_heads=32, num_key_value_heads=1
+    )
     check_hf_exportable(config, BitNetSettings(), packed=False)
     with pytest.raises(HFExportError, match="divisible by 4"):
         check_hf_exportable(config, BitNetSettings(), packed=True)

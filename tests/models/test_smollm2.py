@@ -41,6 +41,11 @@ def test_source_is_the_real_smollm2(smollm2):
     assert "quantization_config" not in c.to_dict()
     # ids the GGUF's own tokenizer produced for this string (digits split one by one)
     assert tokenizer("Hello world, 123!").input_ids == [19556, 905, 28, 216, 33, 34, 35, 17]
+    # the GGUF's "smollm" pre-tokenizer splits digits first, so a space run stays one token before a digit
+    assert tokenizer("a  1").input_ids == [81, 256, 33]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (1, 2, 2)
+    text = "Ünïcödé — “quotes”\n\n  tabs\t1.5e10"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
     assert tokenizer.chat_template
 
 

@@ -3,13 +3,17 @@
 Options: `unified` (CE + DLM with a curriculum, the recommended first stage), `lrc_calibration`,
 `bitdistill_full`, `stage2_pretrain`. The fields here are shared by every recipe; a recipe's YAML
 sets the values that make it what it is.
+
+Objective weights: `objectives.<name>.weight` is the constant weight; a non-empty `curriculum` makes
+the weights a function of training progress (see `wrinklefree_core/objectives/curriculum.py`).
+`objectives.<name>.enabled: false` always wins: a curriculum never switches a disabled objective on.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from wrinklefree_core.config.base import Section
 
@@ -60,6 +64,82 @@ class ObjectivesConfig(Section):
     lrc: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description="Hidden-state MSE to the teacher (LRC).")
 
 
+OBJECTIVE_NAMES = tuple(ObjectivesConfig.model_fields)
+
+
+class CurriculumPhase(Section):
+    """One curriculum phase: the objective weights reached at the end of the phase."""
+
+    until: float = Field(1.0, gt=0, le=1, description="End of this phase as a fraction of max_steps (phases in increasing order).")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Objective name -> weight; objectives left out keep objectives.<name>.weight."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_nonnegative(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(OBJECTIVE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown objective names {unknown}; choose from {list(OBJECTIVE_NAMES)}")
+        negative = sorted(name for name, w in weights.items() if w < 0)
+        if negative:
+            raise ValueError(f"curriculum weights must be >= 0, got negative weights for {negative}")
+        return weights
+
+
+class CurriculumConfig(Section):
+    """Objective weights that change with training progress; no phases = constant weights."""
+
+    interpolation: Literal["step", "linear", "cosine"] = Field(
+        "linear",
+        description="step: each phase's weights hold for the whole phase; linear/cosine: ramp from the previous phase's "
+        "weights to this phase's across the phase (the first phase is constant).",
+    )
+    phases: list[CurriculumPhase] = Field(
+        default_factory=list,
+        description="Phases as {until: fraction of max_steps, weights: {objective: weight}}, in increasing `until`; "
+        "after the last phase its weights hold.",
+    )
+
+    @field_validator("phases")
+    @classmethod
+    def _increasing(cls, phases: list[CurriculumPhase]) -> list[CurriculumPhase]:
+        untils = [p.until for p in phases]
+        if any(b <= a for a, b in zip(untils, untils[1:])):
+            raise ValueError(f"curriculum phases must have strictly increasing `until`, got {untils}")
+        return phases
+
+
+class DLMConfig(Section):
+    """Masked-diffusion (DLM) objective options."""
+
+    mask_token_id: int | None = Field(None, ge=0, description="Token id that replaces masked tokens; null = the tokenizer's mask token.")
+    eps: float = Field(1e-3, gt=0, lt=1, description="Lower bound of the per-sequence mask rate t ~ U(eps, 1); also bounds the 1/t weight.")
+    shift_labels: bool = Field(
+        False, description="false: a masked token is predicted at its own position (LLaDA); true: from the previous position (Fast-dLLM v2)."
+    )
+
+
+class KDConfig(Section):
+    """Knowledge-distillation options (logits KD and attention-relation KD)."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature for logits KD; the loss is scaled by T^2.")
+    attention_layer: int = Field(-1, description="Decoder layer whose Q/K/V relations are distilled; negative counts from the end.")
+    relation_heads: int = Field(8, gt=0, description="Relation heads Q/K/V are split into; must divide the q and k/v projection widths.")
+
+
+class LRCConfig(Section):
+    """Low-rank correction (LRC) adapters and their calibration loss."""
+
+    rank_fraction: float = Field(0.1, gt=0, le=1, description="Adapter rank as a fraction of min(in, out) of each BitLinear (rounded up).")
+    init: Literal["zeros", "svd"] = Field(
+        "zeros", description="zeros: U = 0, V random (output unchanged at step 0); svd: top-r SVD of the quantization residual W - s*W_q."
+    )
+    layers: list[int] | None = Field(
+        None, description="Decoder layers whose output hidden states enter the MSE (negative from the end); null = every layer."
+    )
+
+
 class TrainingConfig(Section):
     """A training stage recipe."""
 
@@ -73,6 +153,10 @@ class TrainingConfig(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="Learning-rate schedule.")
     lambda_warmup: LambdaWarmupConfig = Field(default_factory=LambdaWarmupConfig, description="Quantization warmup.")
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig, description="Loss terms and their weights.")
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig, description="Objective weights over training progress.")
+    dlm: DLMConfig = Field(default_factory=DLMConfig, description="Masked-diffusion objective options.")
+    kd: KDConfig = Field(default_factory=KDConfig, description="Distillation options.")
+    lrc: LRCConfig = Field(default_factory=LRCConfig, description="Low-rank correction adapters and loss.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip (ZClip adapts below this ceiling).")
     checkpoint_every: int = Field(50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
     resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the last checkpoint in `out`.")

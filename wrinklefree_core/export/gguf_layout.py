@@ -14,7 +14,8 @@ Design choices:
   qwen2/qwen3 use NEOX RoPE and are written as is. Layers in skip_layers, and projections not in
   target_modules, are plain matmul weights there and are written as float_type (ggml multiplies F16/F32
   weights like any other type).
-- SubLN 'all' has no llama.cpp graph at all and is refused.
+- SubLN 'all' has no llama.cpp graph at all and is refused; so are LRC adapters (lrc_U/lrc_V), which
+  belong in a separate LoRA adapter GGUF, not in the base file.
 - The HF -> GGUF name table is explicit; a state-dict entry it does not know is an error, never dropped.
 """
 
@@ -138,30 +139,30 @@ def model_dims(config: Any) -> ModelDims:
 
 
 def _refuse(why: str, fix: str) -> ExportError:
-    return ExportError(f"Cannot export this checkpoint to GGUF: {why}. {fix}")
+    return ExportError(f"Cannot export this checkpoint to GGUF: {why}. {fix}.")
 
 
 def _check_bitnet(model: nn.Module, settings: BitNetSettings, spec, dims: ModelDims, tied: bool) -> None:
-    own = f"convert with subln=none to export it as llama.cpp arch '{spec.gguf_arch}'"
+    own = f"Convert with subln=none to export it as llama.cpp arch '{spec.gguf_arch}'"
     if spec.qk_norm:
-        raise _refuse("llama.cpp's bitnet graph has no QK-norm, and this model (Qwen3) needs it", own.capitalize())
+        raise _refuse("llama.cpp's bitnet graph has no QK-norm, and this model (Qwen3) needs it", own)
     biased = [p for p, on in (("q/k/v", spec.qkv_bias), ("o_proj", spec.o_bias), ("MLP", spec.mlp_bias)) if on]
     if biased:
         raise _refuse(
             f"the model has {', '.join(biased)} biases and llama.cpp's bitnet graph loads no bias tensors",
-            own.capitalize(),
+            own,
         )
     if not tied:
         raise _refuse(
             "llama.cpp's bitnet graph reuses the token embedding as the output head, but this model has its own "
             "lm_head (tie_word_embeddings is false)",
-            own.capitalize() + ", or start from a model with tied embeddings",
+            own + ", or start from a model with tied embeddings",
         )
     if dims.n_head * dims.head_dim != dims.n_embd:
         raise _refuse(
             f"n_head*head_dim = {dims.n_head}*{dims.head_dim} != hidden_size {dims.n_embd}, and llama.cpp's bitnet "
             "graph shapes wq/wo as [n_embd, n_embd]",
-            own.capitalize(),
+            own,
         )
     if settings.skip_layers:
         raise _refuse(
@@ -228,6 +229,13 @@ def plan_layout(model: nn.Module, settings: BitNetSettings) -> GGUFLayout:
             "SubLN 'all' (an RMSNorm before every BitLinear) has no llama.cpp graph",
             "Convert with subln=bitdistill (exports as arch bitnet) or subln=none (exports as the model's own arch)",
         )
+    lrc = sorted(n for n in model.state_dict() if n.rsplit(".", 1)[-1] in ("lrc_U", "lrc_V"))
+    if lrc:
+        raise _refuse(
+            f"it carries {len(lrc) // 2} low-rank correction (LRC) adapters, which the base GGUF cannot hold "
+            "(llama.cpp runs them as a LoRA adapter GGUF loaded beside the base model)",
+            "Export the adapters with the LoRA adapter writer, or export a checkpoint without LRC",
+        )
     spec = architecture_of(model)
     config = model.config
     dims = model_dims(config)
@@ -256,7 +264,7 @@ def plan_layout(model: nn.Module, settings: BitNetSettings) -> GGUFLayout:
         if permute and proj in ("q_proj", "k_proj"):
             heads = dims.n_head if proj == "q_proj" else dims.n_head_kv
         if gguf_name in seen:
-            raise ExportError(f"Two tensors map to GGUF name '{gguf_name}' (last: '{hf_name}'); this is a bug in the name table.")
+            raise ExportError(f"Two tensors map to GGUF name '{gguf_name}' (last: '{hf_name}'): a bug in the name table.")
         seen.add(gguf_name)
         tensors.append(TensorSpec(hf_name, gguf_name, role, heads))
     return GGUFLayout(arch=arch, dims=dims, tied_embeddings=tied, tensors=tensors)

@@ -87,11 +87,14 @@ def _check_model(tj: dict) -> None:
     decoders = [tj.get("decoder") or {}]
     decoders += decoders[0].get("decoders") or []
     if not any(d.get("type") == "ByteLevel" for d in decoders):
-        raise ExportError("The tokenizer is BPE but not byte-level (no ByteLevel decoder); llama.cpp's 'gpt2' model needs byte-level BPE.")
+        raise ExportError(
+            "The tokenizer is BPE but not byte-level (no ByteLevel decoder); llama.cpp's 'gpt2' model needs byte-level BPE."
+        )
     if model.get("ignore_merges"):
         raise ExportError("The tokenizer sets ignore_merges, which none of the known pre-tokenizers here use.")
-    norm = tj.get("normalizer")
-    kinds = [n.get("type") for n in norm.get("normalizers", [])] if norm and norm.get("type") == "Sequence" else [norm and norm.get("type")]
+    norm = tj.get("normalizer") or {}
+    parts = norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
+    kinds = [n.get("type") for n in parts]
     bad = [k for k in kinds if k not in _ALLOWED_NORMALIZERS]
     if bad:
         raise ExportError(f"Tokenizer normalizer {bad} has no llama.cpp equivalent for BPE models.")

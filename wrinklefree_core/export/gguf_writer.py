@@ -202,7 +202,7 @@ def _mib(n: int) -> str:
 
 def format_report(report: GGUFExportReport) -> str:
     """A table of every tensor's GGUF type and size, a per-type summary, and the file size vs an F16 export."""
-    rows = [("gguf tensor", "type", "shape", "bytes")]
+    rows = [("gguf tensor", "type", "shape (out x in)", "bytes")]
     rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"GGUF export: {report.path} (arch {report.arch}, pre-tokenizer {report.pre_tokenizer})"]

@@ -30,17 +30,22 @@ hidden-wide), and for packed output every ternary out_features divisible by 4. E
 HFExportError before anything is written. A checkpoint saved mid-warmup (quant_lambda < 1) exports as
 its fully quantized network, which is what every deployment format runs; the report records lambda.
 
-Numbers: stock vs ours, fp32 (measured on tiny_llama, 2 layers, seq 12; max |logit| ~0.8):
-- weights, online: transformers computes W * (1/s) and divides by (1/s); ours W / s and times s.
-  The rounded reciprocal moves the dequantized value by <= 1 ulp and could flip a W/s that sits
-  within an ulp of 0.5 (none seen). Packed mode stores our exact W_q, so no flips there.
-- activations: same formula, same order, same half-to-even rounding, same eps (1e-5) as ours.
-- our STE at lambda 1 computes x + (Q(x) - x), which is Q(x) only to ~1 ulp; transformers uses Q(x).
-- packed: integer matmul then one division vs our dequantize-then-matmul: a few ulp per output.
+Numbers, stock vs ours (both eps = 1e-5, clamped before the division, both round half to even):
+- weights, online: transformers computes W * (1/s) and dequantizes as W_q / (1/s); ours W / s and
+  W_q * s. The rounded reciprocal changes 1.9% of the dequantized values by 1 ulp (max 6e-8 relative,
+  tiny_llama) and could flip a W/s within an ulp of 0.5 (none of 73,728). Packed mode stores our W_q.
+- activations: the same formula in the same order, computed in fp32 (online) as ours.
+- our STE at lambda 1 computes x + (Q(x) - x), which equals Q(x) only to ~1 ulp.
+- packed: an exact integer matmul then one division vs our dequantize-then-matmul.
 - transformers defaults to sdpa attention (ours: eager) and torch.compiles its quantizers.
-Together: logits max abs difference ~3e-7, relative L2 ~3e-7 in both modes; greedy tokens identical.
-In bf16 the packed BitLinear also computes the activation scale in bf16 (ours: fp32) and stores
-weight_scale in bf16, so bf16 packed exports differ from ours by bf16 rounding of every scale.
+Measured in fp32 (tiny_llama, 2x12 tokens): logits max abs difference 2-3e-7 of the logit range,
+relative L2 ~2e-7, online and packed alike; greedy tokens identical. Rarely one of these ulps moves
+an activation across a .5 boundary of the int8 grid (one code in 8x64 random tokens), which moves
+the logits by up to ~2% of their range on random tiny models. In bf16 every one of these is a bf16
+ulp, and transformers' packed BitLinear also computes the activation scale and x * scale in bf16
+(ours and its online mode: fp32) and keeps weight_scale in bf16: on a bf16 tiny_llama (2x32 tokens)
+stock differs from ours by ~2.5% relative L2 online and ~2.9% packed, while either differs from the
+fp32 run by ~7% (bf16 latent weights already ternarize differently).
 
 Writes are atomic: everything goes to a hidden temp sibling that is renamed into place when complete;
 an existing destination is replaced only if it is empty or a previous export (it carries
@@ -62,7 +67,13 @@ from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.models.architectures import SUPPORTED_ARCHITECTURES, architecture_of
-from wrinklefree_core.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, _fsync_tree, _swap_into_place, load_bitnet_checkpoint
+from wrinklefree_core.models.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    _fsync_tree,  # the checkpoint writer's atomic-publish helpers: one implementation of the rules
+    _swap_into_place,
+    load_bitnet_checkpoint,
+)
 from wrinklefree_core.models.convert import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, bitlinear_modules
 from wrinklefree_core.models.settings import BitNetSettings
 from wrinklefree_core.quant.reference import ternarize_weight
@@ -125,7 +136,8 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
     spec = architecture_of(config)
     if spec.qk_norm:
         raise HFExportError(
-            f"{spec.hf_class} uses per-head QK-norm (q_norm/k_norm), which transformers' BitNet attention does not have. {how}"
+            f"{spec.hf_class} uses per-head QK-norm (q_norm/k_norm), which transformers' BitNet attention does not "
+            f"have. {how}"
         )
     biased = [n for n, on in (("q/k/v", spec.qkv_bias), ("o_proj", spec.o_bias), ("MLP", spec.mlp_bias)) if on]
     if biased:
@@ -141,8 +153,10 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
     if settings.subln != "bitdistill":
         raise HFExportError(
             f"the checkpoint uses subln='{settings.subln}', but transformers' BitNet always applies one RMSNorm before "
-            "o_proj and one before down_proj and nowhere else (subln='bitdistill'). Convert with bitnet.subln=bitdistill "
-            "(and train from there) to get a stock-transformers export."
+            "o_proj and one before down_proj and nowhere else (subln='bitdistill'). Convert with "
+            "bitnet.subln=bitdistill (and train from there) to get a stock-transformers export; a subln='none' "
+            "checkpoint exports to GGUF "
+            "(export.format=gguf) as its source architecture."
         )
     if settings.skip_layers:
         raise HFExportError(
@@ -158,8 +172,13 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
     eps = config.rms_norm_eps
     if settings.subln_eps is not None and settings.subln_eps != eps:
         raise HFExportError(
-            f"subln_eps={settings.subln_eps} differs from rms_norm_eps={eps}; transformers' BitNet uses rms_norm_eps for "
-            "every norm. Convert with bitnet.subln_eps=null."
+            f"subln_eps={settings.subln_eps} differs from rms_norm_eps={eps}; transformers' BitNet uses "
+            "rms_norm_eps for every norm. Convert with bitnet.subln_eps=null."
+        )
+    if not getattr(config, "rope_parameters", None):
+        # BitNetConfig would fall back to its own theta (5e5) instead of the source model's.
+        raise HFExportError(
+            "the checkpoint's config has no rope_parameters. Re-run the convert stage with this transformers version."
         )
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim * config.num_attention_heads != config.hidden_size:
@@ -180,8 +199,8 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
         odd = {n: w for n, w in widths.items() if n in settings.target_modules and w % VALUES_PER_BYTE}
         if odd:
             raise HFExportError(
-                f"packed export needs every ternary out_features divisible by {VALUES_PER_BYTE} (transformers' BitLinear "
-                f"holds out_features // 4 packed rows); found {odd}. Use export.hf_packed=false."
+                f"packed export needs every ternary out_features divisible by {VALUES_PER_BYTE} (transformers' "
+                f"BitLinear holds out_features // 4 packed rows); found {odd}. Use export.hf_packed=false."
             )
 
 
@@ -250,7 +269,8 @@ def pack_ternary(wq: torch.Tensor) -> torch.Tensor:
     out_features = wq.shape[0]
     if out_features % VALUES_PER_BYTE:
         raise ValueError(f"out_features {out_features} is not divisible by {VALUES_PER_BYTE}")
-    codes = (wq.to(torch.int16) + 1).to(torch.uint8).reshape(VALUES_PER_BYTE, out_features // VALUES_PER_BYTE, *wq.shape[1:])
+    codes = (wq.to(torch.int16) + 1).to(torch.uint8)
+    codes = codes.reshape(VALUES_PER_BYTE, out_features // VALUES_PER_BYTE, *wq.shape[1:])
     packed = torch.zeros_like(codes[0])
     for i in range(VALUES_PER_BYTE):
         packed |= codes[i] << (2 * i)
@@ -297,7 +317,7 @@ def _check_keys(tensors: dict[str, torch.Tensor], config_dict: dict[str, Any]) -
         }
     got = set(tensors)
     if got != expected:
-        raise HFExportError(
+        raise RuntimeError(
             f"internal mapping error: tensors not in BitNetForCausalLM {sorted(got - expected)[:10]}, "
             f"missing {sorted(expected - got)[:10]}. This is a bug in the exporter."
         )

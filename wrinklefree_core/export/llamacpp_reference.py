@@ -12,6 +12,9 @@ Design choices:
   llama.cpp runs them in fp32 too (F32 KV cache, no flash attention), so they are not modelled.
 - Weights are the values read back from the GGUF file (dequantized with gguf's own code, q/k rows
   un-permuted), so the fp16 rounding of scales and embeddings is exactly what the file holds.
+- Matmuls accumulate in float64: ggml's quantized dot products sum int8 x ternary products exactly
+  and apply the block scales once, so they are closer to the exact product than an fp32 GEMM over
+  dequantized values (whose last-bit noise flips activation roundings downstream).
 - Activations, per ggml-cpu's type traits and the AVX2 build of ggml:
   - TQ1_0/TQ2_0 -> Q8_K (quantize_row_q8_K_ref, per 256-block): m = the signed value of largest
     magnitude (first one), iscale = -127/m, q = min(127, round_half_even(iscale*x)), x' = q / iscale
@@ -103,11 +106,13 @@ def activation_roundtrip(x: torch.Tensor, weight_type: GGMLQuantizationType) -> 
     raise ValueError(f"no activation model for weight type {weight_type.name}")
 
 
-def _linear_forward(weight: GGUFTensor, bias: torch.Tensor | None):
+def _linear_forward(weight: GGUFTensor, bias: torch.Tensor | None, accumulate: torch.dtype):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self, BitLinear) and self.sub_norm is not None:
             x = self.sub_norm(x)
-        y = F.linear(activation_roundtrip(x, weight.ggml_type), weight.value, bias)
+        # Cast per call, not once: a float64 copy of every weight would double a large model's memory.
+        b = None if bias is None else bias.to(accumulate)
+        y = F.linear(activation_roundtrip(x, weight.ggml_type).to(accumulate), weight.value.to(accumulate), b)
         return y.to(x.dtype)
 
     return forward
@@ -121,11 +126,16 @@ def _embedding_forward(weight: GGUFTensor):
 
 
 @contextlib.contextmanager
-def llamacpp_numerics(model: nn.Module, tensors: dict[str, GGUFTensor]) -> Iterator[nn.Module]:
+def llamacpp_numerics(
+    model: nn.Module, tensors: dict[str, GGUFTensor], accumulate: torch.dtype = torch.float64
+) -> Iterator[nn.Module]:
     """Within the block, `model` computes with the GGUF's weights and llama.cpp's activation rounding.
 
     `tensors` comes from read_gguf_tensors. A tied lm_head uses the embedding's GGUF tensor, as
-    llama.cpp does. Norm weights and biases are F32 in the file, equal to the model's, and stay as they are.
+    llama.cpp does. Norm weights and biases are F32 in the file, equal to the model's, and stay as they
+    are. Matmuls accumulate in `accumulate`: float64 by default, because ggml's quantized dot products
+    sum integers exactly and scale once per block, which an fp32 GEMM over dequantized values does not;
+    float32 gives a second, equally valid rounding of the same computation (see `reference_logits`).
     """
     patched: list[nn.Module] = []
     embed = model.get_input_embeddings()
@@ -137,7 +147,7 @@ def llamacpp_numerics(model: nn.Module, tensors: dict[str, GGUFTensor]) -> Itera
                 if key not in tensors and name == "lm_head":
                     key = f"{embed_name}.weight"
                 bias = tensors[f"{name}.bias"].value if module.bias is not None else None
-                module.forward = types.MethodType(_linear_forward(tensors[key], bias), module)
+                module.forward = types.MethodType(_linear_forward(tensors[key], bias, accumulate), module)
                 patched.append(module)
             elif module is embed:
                 module.forward = types.MethodType(_embedding_forward(tensors[f"{name}.weight"]), module)
@@ -148,7 +158,15 @@ def llamacpp_numerics(model: nn.Module, tensors: dict[str, GGUFTensor]) -> Itera
             del module.forward
 
 
-def reference_logits(model: nn.Module, tensors: dict[str, GGUFTensor], ids: torch.Tensor) -> torch.Tensor:
-    """Logits (seq, vocab) of the modelled llama.cpp forward for one sequence of token ids."""
-    with torch.no_grad(), llamacpp_numerics(model, tensors):
+def reference_logits(
+    model: nn.Module, tensors: dict[str, GGUFTensor], ids: torch.Tensor, accumulate: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Logits (seq, vocab) of the modelled llama.cpp forward for one sequence of token ids.
+
+    Comparing the float64 and float32 `accumulate` variants measures the model's own sensitivity to
+    float rounding: each activation quantizer turns a last-bit difference into a whole int8 step when a
+    value sits on a rounding boundary, and a deep model can amplify such a step. That gap is the noise
+    floor no reference can beat, for llama.cpp's fp32 arithmetic has the same kind of rounding.
+    """
+    with torch.no_grad(), llamacpp_numerics(model, tensors, accumulate):
         return model(ids.view(1, -1)).logits[0].float()

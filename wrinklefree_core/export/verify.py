@@ -4,10 +4,18 @@ Checks, all on `cfg.verify_prompt`:
 - llama.cpp's own tokenizer (from the GGUF metadata) gives the same ids as the checkpoint's HF tokenizer;
 - llama.cpp's logits at every position vs the modelled reference (llamacpp_reference: the GGUF's
   weights, llama.cpp's activation rounding): relative L2 error <= verify_max_rel_error and top-1
-  agreement >= verify_min_top1;
+  agreement >= verify_min_top1, both *above the model's noise floor*;
 - vs the exact PyTorch model, with a derived bound: llama.cpp may differ from it by no more than the
-  modelled reference does, plus the tight tolerance (triangle inequality). Any larger gap means the
-  reference misses something llama.cpp does, which would also make the tight check meaningless.
+  modelled reference does, plus the tolerance vs the reference (triangle inequality). Any larger gap
+  means the reference misses something llama.cpp does, which would make the tight check meaningless.
+
+The noise floor is how far the reference moves from itself when only its float rounding changes
+(fp32 instead of fp64 accumulation). Each int8/Q8 activation quantizer turns a last-bit difference
+into a whole step when a value sits on a rounding boundary, and a deep model can amplify that step:
+the tiny test models have floors of 1e-7 to 4e-4 (relative L2), the naively converted (untrained)
+30-layer SmolLM2 ~2%, while llama.cpp agrees with the float64 reference to 1e-7 to 2e-5 on the former.
+No implementation can be checked more tightly than that, llama.cpp included, so the configured
+tolerances apply on top of NOISE_FACTOR floors; the json records the floor and every bound used.
 
 Design choices:
 - llama.cpp runs with an F32 KV cache, no flash attention and logits for all positions, so the only
@@ -38,6 +46,8 @@ from wrinklefree_core.export.llamacpp_reference import read_gguf_tensors, refere
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 
 VERIFICATION_NAME = "verification.json"
+# How many noise floors of disagreement llama.cpp may add (its fp32 rounding is independent of ours).
+NOISE_FACTOR = 2.0
 
 
 class VerificationError(RuntimeError):
@@ -123,21 +133,28 @@ def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig) -> dic
     finally:
         llm.close()
     ids = torch.tensor(hf_ids)
-    ref = reference_logits(model, read_gguf_tensors(gguf_path, layout), ids).numpy()
+    tensors = read_gguf_tensors(gguf_path, layout)
+    ref = reference_logits(model, tensors, ids).numpy()
+    ref_fp32 = reference_logits(model, tensors, ids, accumulate=torch.float32).numpy()
     with torch.no_grad():
         exact = model(ids.view(1, -1)).logits[0].float().numpy()
 
     vs_ref, vs_exact, ref_exact = compare_logits(got, ref), compare_logits(got, exact), compare_logits(ref, exact)
-    exact_bound = ref_exact["rel_l2_error"] + cfg.verify_max_rel_error
+    floor = compare_logits(ref_fp32, ref)
+    max_rel = cfg.verify_max_rel_error + NOISE_FACTOR * floor["rel_l2_error"]
+    min_top1 = cfg.verify_min_top1 - NOISE_FACTOR * (1.0 - floor["top1_agreement"])
+    exact_bound = ref_exact["rel_l2_error"] + max_rel
     failures = []
     if ll_ids != hf_ids:
         failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
-    if vs_ref["rel_l2_error"] > cfg.verify_max_rel_error:
-        failures.append(f"relative L2 error vs the modelled reference {vs_ref['rel_l2_error']:.3g} > {cfg.verify_max_rel_error}")
-    if vs_ref["top1_agreement"] < cfg.verify_min_top1:
-        failures.append(f"top-1 agreement vs the modelled reference {vs_ref['top1_agreement']:.3f} < {cfg.verify_min_top1}")
+    if vs_ref["rel_l2_error"] > max_rel:
+        failures.append(f"relative L2 error vs the modelled reference {vs_ref['rel_l2_error']:.3g} > {max_rel:.3g}")
+    if vs_ref["top1_agreement"] < min_top1:
+        failures.append(f"top-1 agreement vs the modelled reference {vs_ref['top1_agreement']:.3f} < {min_top1:.3f}")
     if vs_exact["rel_l2_error"] > exact_bound:
-        failures.append(f"relative L2 error vs the exact model {vs_exact['rel_l2_error']:.3g} > derived bound {exact_bound:.3g}")
+        failures.append(
+            f"relative L2 error vs the exact model {vs_exact['rel_l2_error']:.3g} > derived bound {exact_bound:.3g}"
+        )
     return {
         "passed": not failures,
         "failures": failures,
@@ -151,11 +168,19 @@ def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig) -> dic
         "vs_reference": vs_ref,
         "vs_exact": vs_exact,
         "reference_vs_exact": ref_exact,
+        "noise_floor": floor,
         "tolerance": {
-            "max_rel_error_vs_reference": cfg.verify_max_rel_error,
-            "min_top1_vs_reference": cfg.verify_min_top1,
+            "configured_max_rel_error": cfg.verify_max_rel_error,
+            "configured_min_top1": cfg.verify_min_top1,
+            "noise_factor": NOISE_FACTOR,
+            "max_rel_error_vs_reference": max_rel,
+            "min_top1_vs_reference": min_top1,
             "max_rel_error_vs_exact": exact_bound,
-            "exact_bound_rule": "reference_vs_exact.rel_l2_error + max_rel_error_vs_reference",
+            "rules": {
+                "max_rel_error_vs_reference": "configured_max_rel_error + noise_factor * noise_floor.rel_l2_error",
+                "min_top1_vs_reference": "configured_min_top1 - noise_factor * (1 - noise_floor.top1_agreement)",
+                "max_rel_error_vs_exact": "reference_vs_exact.rel_l2_error + max_rel_error_vs_reference",
+            },
         },
     }
 

@@ -11,6 +11,9 @@ Design choices:
 - Everything is validated before the first module is replaced, so a refused model is left untouched.
 - SubLN placement follows the settings: 'bitdistill' puts it before o_proj and down_proj (what
   llama.cpp's `bitnet` graph runs), 'all' before every converted projection, 'none' nowhere.
+- `settings.lrc` adds low-rank correction adapters to every BitLinear (models/lrc.py), so that a
+  checkpoint's module tree is rebuilt with them before its tensors load. They start with U = 0 (the
+  model computes what it did without them); SVD initialisation is the lrc stage's explicit step.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.lrc import rebuild_lrc_adapters
 from wrinklefree_core.models.settings import BitNetSettings
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -70,8 +74,9 @@ def convert_to_bitnet(model: nn.Module, settings: BitNetSettings) -> nn.Module:
     Every nn.Linear named in `settings.target_modules` inside each decoder layer (except
     `settings.skip_layers`) becomes a BitLinear sharing the original weight/bias; SubLN is attached
     per `settings.subln` with eps `settings.subln_eps` or the model's rms_norm_eps; quant_lambda is set
-    to `settings.quant_lambda`. Raises UnsupportedArchitectureError / ValueError without modifying
-    anything when the model cannot be converted.
+    to `settings.quant_lambda`; `settings.lrc` adds U = 0 LRC adapters to every BitLinear. Raises
+    UnsupportedArchitectureError / ValueError without modifying anything when the model cannot be
+    converted.
     """
     architecture_of(model)
     plan = _plan(model, settings)
@@ -81,6 +86,8 @@ def convert_to_bitnet(model: nn.Module, settings: BitNetSettings) -> nn.Module:
         linear = getattr(parent, name)
         sub_norm_eps = eps if wants_subln else None
         setattr(parent, name, BitLinear.from_linear(linear, sub_norm_eps=sub_norm_eps, quant_lambda=settings.quant_lambda))
+    if settings.lrc is not None:
+        rebuild_lrc_adapters(model, settings.lrc)
     return model
 
 

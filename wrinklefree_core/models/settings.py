@@ -13,6 +13,21 @@ from pydantic import BaseModel, ConfigDict, Field
 SUBLN_EXPORTABLE = {"none", "bitdistill"}
 
 
+class LRCSettings(BaseModel):
+    """Low-rank correction adapters on every BitLinear (see models/lrc.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank_fraction: float = Field(
+        0.1, gt=0.0, le=1.0, description="Adapter rank = ceil(rank_fraction * min(in, out)) for each BitLinear."
+    )
+    init: Literal["zeros", "svd"] = Field(
+        "zeros",
+        description="How the adapters were initialised before calibration (provenance: rebuilding a checkpoint "
+        "creates U = 0 adapters that the stored tensors then overwrite).",
+    )
+
+
 class BitNetSettings(BaseModel):
     """Conversion settings: which layers become BitLinear, where SubLN goes, the quantization blend."""
 
@@ -33,4 +48,7 @@ class BitNetSettings(BaseModel):
     )
     skip_layers: list[int] = Field(
         default_factory=list, description="Decoder layer indices left in full precision (e.g. [0] keeps the first layer)."
+    )
+    lrc: LRCSettings | None = Field(
+        None, description="Low-rank correction adapters on every BitLinear; null = none (the lrc stage records them)."
     )

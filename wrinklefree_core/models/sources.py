@@ -3,7 +3,8 @@
 Every source ends as a plain HF folder (config.json, model.safetensors, tokenizer files) so that the
 rest of the system, and a teacher reloaded later from a checkpoint's stage.json, reads one format:
 - `hf`: a local folder is used as is; a hub id goes through huggingface_hub's cache (network needed).
-- `package_gguf`: transformers dequantizes the packaged GGUF to fp32; `save_pretrained` refuses a
+- `package_gguf`: transformers dequantizes the packaged GGUF to fp32 (its tokenizer is repaired from
+  the GGUF metadata, see gguf_source_tokenizer.py); `save_pretrained` refuses a
   GGUF-loaded model, so the model is rebuilt from its config minus `quantization_config` and saved
   once into the cache (keyed by the GGUF file's size and a digest of its head).
 - `random`: config + seeded init + a BPE tokenizer trained on a package corpus, cached by a digest
@@ -27,7 +28,7 @@ from wrinklefree_core.paths import cache_dir
 
 
 # Part of every cache key: bump when the way a cached folder is built changes, so stale builds are not reused.
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 
 class ModelSourceError(ValueError):
@@ -101,7 +102,9 @@ def _package_gguf_folder(cfg: ModelConfig) -> Path:
     def build(tmp: Path) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=cfg.gguf_file)
+        from wrinklefree_core.models.gguf_source_tokenizer import repair_tokenizer
+
+        tokenizer = repair_tokenizer(AutoTokenizer.from_pretrained(pkg_dir, gguf_file=cfg.gguf_file), gguf_path)
         loaded = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=cfg.gguf_file, dtype=torch.float32)
         config_dict = loaded.config.to_dict()
         config_dict.pop("quantization_config", None)

@@ -1,0 +1,64 @@
+"""The export stage: BitNet checkpoint -> a GGUF file for llama.cpp, or an HF folder for transformers.
+
+GGUF: written, run in llama.cpp and compared with PyTorch before it is published under its name
+(`export.verify=false` skips that); `verification.json` and `stage.json` land beside the file, so give
+each export its own folder (the default is `outputs/<checkpoint>-gguf/<checkpoint>.gguf`).
+HF: a folder that stock `transformers.AutoModelForCausalLM.from_pretrained` loads; stage.json inside.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.export.gguf_writer import format_report
+from wrinklefree_core.export.hf_export import export_hf
+from wrinklefree_core.export.verify import export_gguf
+from wrinklefree_core.models.checkpoint import CheckpointError
+from wrinklefree_core.stages.convert import StageResult
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """Where the export goes when `out=` is not given."""
+    name = Path(cfg.checkpoint).name
+    if cfg.export.format == "gguf":
+        return Path("outputs") / f"{name}-gguf" / f"{name}.gguf"
+    return Path("outputs") / f"{name}-hf"
+
+
+def _write_manifest(folder: Path, text: str) -> None:
+    tmp = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, folder / MANIFEST_NAME)
+
+
+def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
+    """Export `cfg.checkpoint` per `cfg.export`; returns the result and a human-readable summary."""
+    if not cfg.checkpoint:
+        raise CheckpointError("export needs checkpoint=DIR (a folder written by `wrinklefree convert` or a training stage)")
+    start = time.perf_counter()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    metrics: dict[str, float] = {}
+    if cfg.export.format == "gguf":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report, verification = export_gguf(cfg.checkpoint, out, cfg.export)
+        summary = format_report(report)
+        metrics.update(file_bytes=report.file_bytes, f16_bytes=report.f16_bytes, size_vs_f16=report.file_bytes / report.f16_bytes)
+        if verification is not None:
+            for key, value in verification.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[f"verify_{key}"] = float(value)
+            summary += f"\nverified in llama.cpp: passed (details in {out.parent / 'verification.json'})"
+        manifest_folder = out.parent
+    else:
+        report = export_hf(cfg.checkpoint, out, cfg.export)
+        metrics.update(total_bytes=report.total_bytes, packed=float(report.packed))
+        summary = f"wrote HF BitNet folder {out} ({report.total_bytes / 2**20:.1f} MiB, packed={report.packed})"
+        manifest_folder = out
+    metrics["export_seconds"] = time.perf_counter() - start
+    manifest = build_manifest("export", cfg.model_dump(mode="json"), {"checkpoint": str(cfg.checkpoint)}, metrics)
+    _write_manifest(manifest_folder, manifest_json(manifest))
+    return StageResult(out=out, metrics=metrics), summary

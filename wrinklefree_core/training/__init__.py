@@ -1,0 +1,10 @@
+"""Training: the LightningModule that owns one optimizer step, the DataModule, callbacks, optimizers and the stage runner.
+
+- module.py: BitNetTrainModule (forwards, objectives, ZClip, lambda warmup; manual optimization).
+- datamodule.py: batches from the data mixture, validation rows per source.
+- callbacks/: one concern per file (resumable checkpoints, NaN guard, throughput).
+- optimizers.py, schedule.py, zclip.py, qk_clip.py: optimizer, WSD schedule, adaptive clipping, QK-clip.
+- runner.py: `run_train(cfg)`, the train stage; evaluate.py: perplexity and `run_eval(cfg)`.
+
+Importing this package stays cheap (no Lightning import here), so the CLI and errors.py can use it.
+"""

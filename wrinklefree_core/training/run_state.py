@@ -1,0 +1,135 @@
+"""Where a training run keeps its resumable state, and how a checkpoint is published atomically.
+
+Layout for `out=OUT` (OUT itself is the final BitNet checkpoint folder, so the next stage's `model=`
+or `checkpoint=` takes it directly):
+
+    OUT.state/
+      checkpoints/
+        last/                  the newest complete resumable checkpoint
+          model/               a BitNet checkpoint folder (save_bitnet_checkpoint)
+          trainer_state.pt     Lightning's trainer state minus the weights: optimizer, LR scheduler,
+                               loop counters (global step), callback states, the data mixture
+                               position, lambda warmup, ZClip, DLM mask generator, RNG states
+          run.json             step, resolved config, input artifacts, MLflow run id, batch size
+
+Design choices:
+- The state lives beside OUT, not inside it: save_bitnet_checkpoint replaces OUT as a whole when
+  the run finishes, which would delete anything inside it, and a checkpoint folder should hold
+  only the model. It is a visible sibling on purpose: it holds optimizer state (about twice the
+  model) and should be easy to find and delete once the run will not be continued.
+- Publishing: a checkpoint is written into `checkpoints/.last.tmp-<step>` and fsynced; then
+  `last` is renamed to `.last.old-<step>`, the temp folder renamed to `last`, and the old one
+  deleted. A reader therefore only ever sees a complete `last`. A crash between the two renames
+  leaves no `last` but a complete `.last.old-*`, which `recover()` renames back before a resume;
+  temp folders of a killed writer are deleted by `recover()` too.
+- run.json is small and read before anything heavy is built, so a resume can check that the
+  config still matches and reuse the inputs (teacher, source model) and the MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
+
+MODEL_DIR = "model"
+TRAINER_STATE = "trainer_state.pt"
+RUN_META = "run.json"
+_TMP_PREFIX = ".last.tmp-"
+_OLD_PREFIX = ".last.old-"
+
+
+def state_root(out: Path) -> Path:
+    """The resumable-state folder of a run writing its final checkpoint to `out`."""
+    return out.parent / f"{out.name}.state"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunState:
+    """The `OUT.state/checkpoints` folder of one run."""
+
+    def __init__(self, out: Path):
+        self.root = state_root(out)
+        self.checkpoints = self.root / "checkpoints"
+        self.last = self.checkpoints / "last"
+
+    # ------------------------------------------------------------------------------------------ read
+
+    def has_checkpoint(self) -> bool:
+        """True when `last` holds a complete checkpoint (model folder, trainer state and run.json)."""
+        return (
+            (self.last / TRAINER_STATE).is_file()
+            and (self.last / RUN_META).is_file()
+            and is_bitnet_checkpoint(self.last / MODEL_DIR)
+        )
+
+    def read_meta(self) -> dict[str, Any]:
+        """run.json of the last checkpoint."""
+        return json.loads((self.last / RUN_META).read_text(encoding="utf-8"))
+
+    def leftovers(self) -> list[Path]:
+        """Temp or moved-aside checkpoint folders (only present after a crash, until recover())."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.iterdir() if p.name.startswith((_TMP_PREFIX, _OLD_PREFIX)))
+
+    # ----------------------------------------------------------------------------------------- write
+
+    def recover(self) -> None:
+        """Restore `last` if a crash hit between the two renames of publish(); delete temp folders."""
+        if not self.checkpoints.is_dir():
+            return
+        olds = sorted(self.checkpoints.glob(f"{_OLD_PREFIX}*"), key=lambda p: p.stat().st_mtime)
+        if not self.last.exists() and olds:
+            os.rename(olds[-1], self.last)
+        for path in self.leftovers():
+            shutil.rmtree(path, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Delete the whole state folder (training.resume=never starts from scratch)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def temp_dir(self, step: int) -> Path:
+        """A fresh, empty folder to write the checkpoint of `step` into (same name on every rank)."""
+        tmp = self.checkpoints / f"{_TMP_PREFIX}{step}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def publish(self, tmp: Path, step: int) -> Path:
+        """Make the complete checkpoint in `tmp` the new `last`; the previous one goes only afterwards."""
+        _fsync_tree(tmp)
+        old = self.checkpoints / f"{_OLD_PREFIX}{step}"
+        if old.exists():
+            shutil.rmtree(old)
+        if self.last.exists():
+            os.rename(self.last, old)
+        os.rename(tmp, self.last)
+        _fsync_dir(self.checkpoints)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.last
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Write run.json into a checkpoint folder being assembled."""
+    (folder / RUN_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -3,6 +3,8 @@
 Commands:
   convert   HF model -> BitNet checkpoint folder (out=DIR)
   export    checkpoint=DIR format=gguf|hf out=FILE.gguf|DIR (GGUF verified in llama.cpp)
+  train     BitNet checkpoint or model (+ teacher) -> trained BitNet checkpoint (out=DIR; training=RECIPE)
+  eval      held-out perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder)
   config    print the resolved config of a stage: `wrinklefree config train training=unified ...`
   options   list the options of every config group
 
@@ -89,7 +91,55 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"convert": _cmd_convert, "export": _cmd_export, "config": _cmd_config, "options": _cmd_options}
+def _cmd_train(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.stages.train import run_train
+
+    cfg = compose("train", args.overrides)
+    _quiet_libraries()
+    print(
+        f"training model={cfg.model.name} with training={cfg.training.name} for {cfg.training.max_steps} steps "
+        f"(resume={cfg.training.resume}) ...",
+        flush=True,
+    )
+    result = run_train(cfg)
+    if args.json:
+        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+    else:
+        m = result.metrics
+        parts = ", ".join(f"{k}={m[k]:.4f}" for k in ("loss", "ce", "dlm", "logits_kd", "attention_kd", "lrc") if k in m)
+        print(f"wrote BitNet checkpoint: {result.out}")
+        print(
+            f"  step {int(m['step'])}: {parts}; held-out perplexity {m['val/ppl']:.2f}; "
+            f"{int(m['tokens']):,} tokens in {m['train_seconds']:.1f} s"
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.training.evaluate import run_eval
+
+    cfg = compose("eval", args.overrides)
+    _quiet_libraries()
+    result = run_eval(cfg)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['checkpoint']} ({result['kind']}), sequences of {result['seq_len']} tokens:")
+        for name, r in result["sources"].items():
+            print(f"  {name}: perplexity {r['perplexity']:.3f} (loss {r['loss']:.4f} over {int(r['tokens']):,} tokens)")
+    return 0
+
+
+COMMANDS = {
+    "convert": _cmd_convert,
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "export": _cmd_export,
+    "config": _cmd_config,
+    "options": _cmd_options,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ from wrinklefree_core.export.verify import VerificationError
 from wrinklefree_core.models.architectures import UnsupportedArchitectureError
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.models.sources import ModelSourceError
+from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.training.errors import ResumeError, TeacherError, TrainingDivergedError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -25,6 +27,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ExportError,
     HFExportError,
     VerificationError,
+    StorageError,
+    TrainingDivergedError,
+    ResumeError,
+    TeacherError,
     FileExistsError,
     FileNotFoundError,
 )

@@ -25,7 +25,6 @@ from wrinklefree_core.models.settings import BitNetSettings
 from wrinklefree_core.models.sources import load_hf_model, materialize
 
 EMBED_SCALE = 25.0
-SMOLLM2_CHECKPOINT = Path(__file__).resolve().parents[2] / "outputs" / "smollm2_135m-bitnet"
 
 # Shakespeare with digits, punctuation runs and odd spacing: what tokenizers disagree on first.
 SAMPLE_TEXT = (
@@ -78,3 +77,12 @@ def checkpoint_factory(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M converted by the convert stage (default settings) into a temp folder."""
+    from wrinklefree_core.stages.convert import run_convert
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2_135m-bitnet"
+    return run_convert(compose("convert", ["model=smollm2_135m", f"out={out}"])).out

@@ -15,7 +15,7 @@ import pytest
 from gguf import GGUFWriter
 from transformers import AutoConfig, AutoTokenizer
 
-from tests.export.conftest import SAMPLE_TEXT, SMOLLM2_CHECKPOINT, source_folder
+from tests.export.conftest import SAMPLE_TEXT, source_folder
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import ExportError, detect_pre_tokenizer, read_vocab
 from wrinklefree_core.export.gguf_tokenizer import write_vocab
@@ -86,6 +86,7 @@ SMOLLM_PRE = {
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
     ],
 }
+GPT2_PRE = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 
 
 def test_tiny_bpe_round_trip(tmp_path):
@@ -106,6 +107,11 @@ def test_qwen2_style_pre_tokenizer_round_trip(tmp_path):
     assert_llama_cpp_matches_hf(folder, tmp_path, "qwen2")
 
 
+def test_smollm_style_pre_tokenizer_round_trip(tmp_path):
+    folder = with_pre_tokenizer(source_folder("tiny_llama"), tmp_path / "tok", SMOLLM_PRE)
+    assert_llama_cpp_matches_hf(folder, tmp_path, "smollm")
+
+
 def test_unknown_pre_tokenizer_is_refused():
     with pytest.raises(ExportError, match="Unknown tokenizer pre-tokenizer"):
         detect_pre_tokenizer({"type": "Metaspace", "replacement": "▁"})
@@ -116,20 +122,20 @@ def test_unknown_pre_tokenizer_is_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2_CHECKPOINT.is_dir(), reason="needs outputs/smollm2_135m-bitnet (run the convert stage)")
 def test_smollm2_round_trip(tmp_path):
-    """The checkpoint's tokenizer (read by transformers from the packaged GGUF) is plain ByteLevel: 'gpt-2'."""
-    assert_llama_cpp_matches_hf(SMOLLM2_CHECKPOINT, tmp_path, "gpt-2")
-    vocab = vocab_gguf(SMOLLM2_CHECKPOINT, tmp_path / "v.gguf")
+    """SmolLM2's tokenizer (repaired from the packaged GGUF's metadata: Digits + ByteLevel) maps to
+    llama.cpp's 'smollm', and llama.cpp then tokenizes exactly like the HF tokenizer."""
+    folder = source_folder("smollm2_135m")
+    assert_llama_cpp_matches_hf(folder, tmp_path, "smollm")
+    vocab = vocab_gguf(folder, tmp_path / "v.gguf")
     assert (vocab.bos_id, vocab.eos_id, vocab.add_bos) == (1, 2, False) and vocab.chat_template
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2_CHECKPOINT.is_dir(), reason="needs outputs/smollm2_135m-bitnet (run the convert stage)")
-def test_smollm2_with_digit_splitting_round_trip(tmp_path):
-    """SmolLM2's original tokenizer.json (Digits + ByteLevel) maps to llama.cpp's 'smollm'."""
-    folder = with_pre_tokenizer(SMOLLM2_CHECKPOINT, tmp_path / "tok", SMOLLM_PRE)
-    assert_llama_cpp_matches_hf(folder, tmp_path, "smollm")
+def test_smollm2_without_digit_splitting_round_trip(tmp_path):
+    """The same vocabulary with a plain ByteLevel pre-tokenizer maps to 'gpt-2' and still round-trips."""
+    folder = with_pre_tokenizer(source_folder("smollm2_135m"), tmp_path / "tok", GPT2_PRE)
+    assert_llama_cpp_matches_hf(folder, tmp_path, "gpt-2")
 
 
 def test_added_token_and_padded_vocab_round_trip(tmp_path):

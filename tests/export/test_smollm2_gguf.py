@@ -12,24 +12,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tests.export.conftest import SMOLLM2_CHECKPOINT
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import export_gguf, plan_layout, read_gguf_tensors, reference_logits
 from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not SMOLLM2_CHECKPOINT.is_dir(), reason="needs outputs/smollm2_135m-bitnet (run the convert stage)"),
-]
+pytestmark = pytest.mark.slow
 PROMPT = "Once upon a time, in a small village by the sea,"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, smollm2_checkpoint):
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-bitnet.gguf"
-    report, result = export_gguf(SMOLLM2_CHECKPOINT, out, ExportConfig())
+    report, result = export_gguf(smollm2_checkpoint, out, ExportConfig())
     return report, result
 
 
@@ -49,9 +45,9 @@ def test_export_types_size_and_verification(exported):
     assert result["vs_reference"]["rel_l2_error"] < 0.5 * result["vs_exact"]["rel_l2_error"]
 
 
-def test_llamacpp_generates_and_first_step_matches_reference(exported):
+def test_llamacpp_generates_and_first_step_matches_reference(exported, smollm2_checkpoint):
     report, _ = exported
-    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_CHECKPOINT)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_checkpoint)
     ids = tokenizer(PROMPT).input_ids
     llm = load_llama(report.path, n_ctx=256)
     try:
@@ -70,7 +66,7 @@ def test_llamacpp_generates_and_first_step_matches_reference(exported):
     assert text == tokenizer.decode(generated, clean_up_tokenization_spaces=False)
     assert generated[0] == int(np.argmax(first)), "greedy decoding starts from the first-step argmax"
 
-    model, settings = load_bitnet_checkpoint(SMOLLM2_CHECKPOINT)
+    model, settings = load_bitnet_checkpoint(smollm2_checkpoint)
     tensors = read_gguf_tensors(report.path, plan_layout(model, settings))
     ref = reference_logits(model, tensors, torch.tensor(ids)).numpy()
     floor = compare_logits(reference_logits(model, tensors, torch.tensor(ids), torch.float32).numpy()[-1:], ref[-1:])

@@ -14,6 +14,7 @@ from wrinklefree_core.config.compute import ComputeConfig
 from wrinklefree_core.config.data import DataConfig
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.config.model import ModelConfig
+from wrinklefree_core.config.storage import GCSConfig
 from wrinklefree_core.config.training import TrainingConfig
 from wrinklefree_core.models.settings import BitNetSettings
 
@@ -37,7 +38,15 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out data.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Where and on what the stage runs.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export format, GGUF types and verification.")
+    gcs: GCSConfig = Field(
+        default_factory=GCSConfig, description="Google Cloud Storage for gs:// artifacts: client settings and default output bucket."
+    )
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking.")
     checkpoint: str | None = Field(None, description="Input checkpoint URI for stages that read one (export, eval, train).")
+    teacher: str | None = Field(
+        None,
+        description="Full-precision teacher for distillation / LRC (an HF folder, a BitNet checkpoint or a model config name); "
+        "null = the source model named in the input checkpoint's stage.json.",
+    )
     out: str | None = Field(None, description="Output artifact URI (local folder, file, or gs://bucket/prefix).")
     seed: int = Field(0, description="Global random seed.")

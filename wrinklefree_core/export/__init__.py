@@ -5,32 +5,53 @@ Modules, in the order an export runs them:
 - gguf_quant: ternary matrices as TQ2_0/TQ1_0 (or the lossless Q4_0/Q8_0 fallback), floats as F16/F32;
 - gguf_tokenizer: the byte-level BPE vocabulary, merges, special ids and pre-tokenizer name;
 - gguf_writer: `write_gguf` (atomic) and `format_report`;
-- llamacpp_reference: a PyTorch forward with llama.cpp's weights and activation rounding;
+- gguf_lora: `write_lora_gguf`: an LRC checkpoint as base GGUF + LoRA adapter GGUF (`<name>.lora.gguf`);
+- llamacpp_reference: a PyTorch forward with llama.cpp's weights and activation rounding (LoRA included);
 - verify: `verify_gguf` (llama.cpp vs PyTorch, writes verification.json) and `export_gguf`
-  (write, verify, publish only if verified).
+  (write, verify, publish only if verified; both files for an LRC checkpoint).
 """
 
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, plan_layout
 from wrinklefree_core.export.gguf_tokenizer import detect_pre_tokenizer, read_vocab
+from wrinklefree_core.export.gguf_lora import (
+    LoraExportReport,
+    LoraLayout,
+    format_lora_report,
+    lora_path_for,
+    plan_lora,
+    write_lora_gguf,
+)
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, TensorRecord, format_report, write_gguf
-from wrinklefree_core.export.llamacpp_reference import llamacpp_numerics, read_gguf_tensors, reference_logits
+from wrinklefree_core.export.llamacpp_reference import (
+    llamacpp_numerics,
+    read_gguf_tensors,
+    read_lora_tensors,
+    reference_logits,
+)
 from wrinklefree_core.export.verify import VERIFICATION_NAME, VerificationError, export_gguf, verify_gguf
 
 __all__ = [
     "ExportError",
     "GGUFExportReport",
     "GGUFLayout",
+    "LoraExportReport",
+    "LoraLayout",
     "TensorRecord",
     "VERIFICATION_NAME",
     "VerificationError",
     "detect_pre_tokenizer",
     "export_gguf",
+    "format_lora_report",
     "format_report",
     "llamacpp_numerics",
+    "lora_path_for",
     "plan_layout",
+    "plan_lora",
     "read_gguf_tensors",
+    "read_lora_tensors",
     "read_vocab",
     "reference_logits",
     "verify_gguf",
     "write_gguf",
+    "write_lora_gguf",
 ]

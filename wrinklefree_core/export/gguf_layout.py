@@ -14,8 +14,11 @@ Design choices:
   qwen2/qwen3 use NEOX RoPE and are written as is. Layers in skip_layers, and projections not in
   target_modules, are plain matmul weights there and are written as float_type (ggml multiplies F16/F32
   weights like any other type).
-- SubLN 'all' has no llama.cpp graph at all and is refused; so are LRC adapters (lrc_U/lrc_V), which
-  belong in a separate LoRA adapter GGUF, not in the base file.
+- SubLN 'all' has no llama.cpp graph at all and is refused.
+- LRC adapters (lrc_U/lrc_V) belong in a LoRA adapter GGUF beside the base file (gguf_lora.py). A plan
+  for the base of such a checkpoint is made only when the caller says the adapter is written too
+  (`with_lora=True`): the base file alone computes the model *without* its corrections, which is not
+  the checkpoint, so a base-only export of an LRC checkpoint is refused like any other mismatch.
 - The HF -> GGUF name table is explicit; a state-dict entry it does not know is an error, never dropped.
 """
 
@@ -29,6 +32,7 @@ from torch import nn
 
 from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.lrc import LRC_PARAM_NAMES
 from wrinklefree_core.models.settings import BitNetSettings
 
 Role = Literal["ternary", "matrix", "embedding", "output", "norm", "bias"]
@@ -184,6 +188,10 @@ def _check_bitnet(model: nn.Module, settings: BitNetSettings, spec, dims: ModelD
         )
 
 
+def _is_lrc_tensor(hf_name: str) -> bool:
+    return hf_name.rsplit(".", 1)[-1] in LRC_PARAM_NAMES
+
+
 def _check_own_arch(arch: str, dims: ModelDims) -> None:
     if arch == "qwen2" and dims.n_head * dims.head_dim != dims.n_embd:
         raise _refuse(
@@ -218,23 +226,27 @@ def _gguf_name(hf_name: str, tied: bool) -> tuple[str, Role]:
     )
 
 
-def plan_layout(model: nn.Module, settings: BitNetSettings) -> GGUFLayout:
+def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool = False) -> GGUFLayout:
     """Decide the GGUF arch and the per-tensor plan for a loaded BitNet model, or raise ExportError.
 
     Nothing is written; every refusal (SubLN 'all', bitnet with QK-norm / biases / untied head /
-    n_head*head_dim != hidden / skipped layers, unknown tensors) happens here.
+    n_head*head_dim != hidden / skipped layers, unknown tensors) happens here. LRC adapter tensors
+    are refused unless `with_lora` (the caller writes them as a LoRA adapter GGUF), in which case the
+    plan covers the base tensors only.
     """
     if settings.subln == "all":
         raise _refuse(
             "SubLN 'all' (an RMSNorm before every BitLinear) has no llama.cpp graph",
             "Convert with subln=bitdistill (exports as arch bitnet) or subln=none (exports as the model's own arch)",
         )
-    lrc = sorted(n for n in model.state_dict() if n.rsplit(".", 1)[-1] in ("lrc_U", "lrc_V"))
-    if lrc:
+    lrc = {n for n in model.state_dict() if _is_lrc_tensor(n)}
+    if lrc and not with_lora:
         raise _refuse(
             f"it carries {len(lrc) // 2} low-rank correction (LRC) adapters, which the base GGUF cannot hold "
-            "(llama.cpp runs them as a LoRA adapter GGUF loaded beside the base model)",
-            "Export the adapters with the LoRA adapter writer, or export a checkpoint without LRC",
+            "(llama.cpp runs them as a LoRA adapter GGUF loaded beside the base model, and the base file alone "
+            "computes the model without its corrections)",
+            "Export base + adapter together: export_gguf / `wrinklefree export` writes <name>.gguf and "
+            "<name>.lora.gguf for an LRC checkpoint, write_lora_gguf writes both without verifying",
         )
     spec = architecture_of(model)
     config = model.config
@@ -251,6 +263,8 @@ def plan_layout(model: nn.Module, settings: BitNetSettings) -> GGUFLayout:
     seen: set[str] = set()
     tensors: list[TensorSpec] = []
     for hf_name in model.state_dict():
+        if hf_name in lrc:
+            continue  # written to the LoRA adapter GGUF (gguf_lora.py)
         if hf_name == "lm_head.weight" and tied:
             continue  # the same tensor as the embedding; llama.cpp reuses token_embd
         gguf_name, role = _gguf_name(hf_name, tied)

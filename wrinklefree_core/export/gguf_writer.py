@@ -7,6 +7,9 @@ Design choices:
   embedding is the one tensor the size of an F16 export.)
 - Atomic: the file is written to `<out>.tmp-<pid>` beside the target and renamed over it only when
   complete; on any error the temp file is removed and an existing file at `out` is left untouched.
+  `write_atomically` does this for several files at once (a base GGUF and its LoRA adapter): all are
+  written before any is renamed. The steps are public (prepare_gguf, write_prepared, build_report)
+  so gguf_lora.py writes the base of an LRC checkpoint with exactly this code.
 - `general.file_type` names the ternary type when any matrix uses it, else the fallback type; the
   per-tensor truth is in the file and in GGUFExportReport, which `format_report` prints as a table.
 - `f16_bytes` is what the same file would take with every matrix in F16 (1-D tensors stay F32),
@@ -16,8 +19,10 @@ Design choices:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +42,10 @@ from wrinklefree_core.export.gguf_quant import (
 )
 from wrinklefree_core.export.gguf_tokenizer import GGUFVocab, read_vocab, write_vocab
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
+from wrinklefree_core.models.settings import BitNetSettings
+
+if TYPE_CHECKING:
+    from wrinklefree_core.export.gguf_lora import LoraExportReport
 
 T = GGMLQuantizationType
 _FILE_TYPES = {
@@ -72,6 +81,8 @@ class GGUFExportReport:
     f16_bytes: int
     pre_tokenizer: str = ""
     notes: list[str] = field(default_factory=list)
+    # The LoRA adapter GGUF published beside this file (LRC checkpoints; set by export_gguf).
+    lora: LoraExportReport | None = None
 
     def types(self) -> dict[str, str]:
         """GGUF tensor name -> type name."""
@@ -148,52 +159,102 @@ def _write_file(
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    with open(path, "rb") as f:  # flushed to disk before the rename publishes it
-        os.fsync(f.fileno())
+
+
+@dataclass
+class PreparedGGUF:
+    """Everything a base GGUF needs, computed before any file is opened (see write_gguf)."""
+
+    model: torch.nn.Module
+    settings: BitNetSettings
+    layout: GGUFLayout
+    vocab: GGUFVocab
+    encoded: list[tuple[str, EncodedTensor]]
+    name: str
+
+
+def prepare_gguf(checkpoint_dir: str | os.PathLike, cfg: ExportConfig, *, with_lora: bool = False) -> PreparedGGUF:
+    """Load the checkpoint, plan the layout, read the vocabulary and encode every base tensor.
+
+    `with_lora` accepts a checkpoint with LRC adapters, whose adapters the caller writes as a LoRA GGUF
+    (plan_layout). Raises CheckpointError / ExportError; writes nothing.
+    """
+    model, settings = load_bitnet_checkpoint(checkpoint_dir)
+    layout = plan_layout(model, settings, with_lora=with_lora)
+    vocab = read_vocab(checkpoint_dir, model.config, layout.dims.n_vocab)
+    with torch.no_grad():
+        encoded = encode_tensors(model, layout, cfg)
+    return PreparedGGUF(model, settings, layout, vocab, encoded, Path(checkpoint_dir).resolve().name)
+
+
+def check_output_path(out: Path) -> None:
+    """Refuse an output path that is a folder (the caller must name the file)."""
+    if out.is_dir():
+        raise ExportError(f"Output path {out} is a folder; give the .gguf file name to write.")
+
+
+def write_atomically(jobs: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Run each `write(tmp)` into a temp file beside its target, then rename every temp over its target.
+
+    Files that belong together (a base GGUF and its LoRA adapter) are all written before any is
+    renamed, so a failure while writing leaves every target untouched and no temp file behind.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for out, write in jobs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+            staged.append((tmp, out))
+            write(tmp)
+            with open(tmp, "rb") as f:  # flushed to disk before the rename publishes it
+                os.fsync(f.fileno())
+        for tmp, out in staged:
+            os.replace(tmp, out)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_prepared(prep: PreparedGGUF, path: Path, cfg: ExportConfig) -> None:
+    """Write a prepared base GGUF to `path` (not atomic: callers stage it via write_atomically)."""
+    _write_file(path, prep.layout, prep.vocab, prep.encoded, prep.name, cfg)
+
+
+def build_report(prep: PreparedGGUF, out: Path) -> GGUFExportReport:
+    """The report of a base GGUF written from `prep` at `out`."""
+    encoded = prep.encoded
+    file_bytes = out.stat().st_size
+    data_bytes = sum(_pad(e.nbytes) for _, e in encoded)
+    f16_data = sum(_pad(type_nbytes(e.shape, T.F16 if len(e.shape) > 1 else T.F32)) for _, e in encoded)
+    records = [
+        TensorRecord(spec.hf_name, gguf_name, enc.ggml_type.name, enc.shape, enc.nbytes)
+        for spec, (gguf_name, enc) in zip(prep.layout.tensors, encoded)
+    ]
+    return GGUFExportReport(
+        path=out,
+        arch=prep.layout.arch,
+        tensors=records,
+        file_bytes=file_bytes,
+        f16_bytes=file_bytes - data_bytes + f16_data,
+        pre_tokenizer=prep.vocab.pre,
+        notes=list(prep.vocab.notes),
+    )
 
 
 def write_gguf(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, cfg: ExportConfig) -> GGUFExportReport:
     """Export a BitNet checkpoint folder to a GGUF file at `out_path`, atomically; return what was written.
 
     Raises CheckpointError for a missing/corrupt checkpoint and ExportError for a layout, tokenizer or
-    tensor llama.cpp cannot represent exactly; in both cases nothing is written and an existing file at
-    `out_path` is untouched.
+    tensor llama.cpp cannot represent exactly (a checkpoint with LRC adapters included: its base and
+    adapter are written together by gguf_lora.write_lora_gguf); in both cases nothing is written and
+    an existing file at `out_path` is untouched.
     """
     out = Path(out_path)
-    if out.is_dir():
-        raise ExportError(f"Output path {out} is a folder; give the .gguf file name to write.")
-    model, settings = load_bitnet_checkpoint(checkpoint_dir)
-    layout = plan_layout(model, settings)
-    vocab = read_vocab(checkpoint_dir, model.config, layout.dims.n_vocab)
-    with torch.no_grad():
-        encoded = encode_tensors(model, layout, cfg)
-    name = Path(checkpoint_dir).resolve().name
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
-    try:
-        _write_file(tmp, layout, vocab, encoded, name, cfg)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-    file_bytes = out.stat().st_size
-    data_bytes = sum(_pad(e.nbytes) for _, e in encoded)
-    f16_data = sum(_pad(type_nbytes(e.shape, T.F16 if len(e.shape) > 1 else T.F32)) for _, e in encoded)
-    records = [
-        TensorRecord(spec.hf_name, gguf_name, enc.ggml_type.name, enc.shape, enc.nbytes)
-        for spec, (gguf_name, enc) in zip(layout.tensors, encoded)
-    ]
-    return GGUFExportReport(
-        path=out,
-        arch=layout.arch,
-        tensors=records,
-        file_bytes=file_bytes,
-        f16_bytes=file_bytes - data_bytes + f16_data,
-        pre_tokenizer=vocab.pre,
-        notes=list(vocab.notes),
-    )
+    check_output_path(out)
+    prep = prepare_gguf(checkpoint_dir, cfg)
+    write_atomically([(out, lambda tmp: write_prepared(prep, tmp, cfg))])
+    return build_report(prep, out)
 
 
 def _mib(n: int) -> str:
@@ -223,4 +284,8 @@ def format_report(report: GGUFExportReport) -> str:
         f"{_mib(report.f16_bytes)}: {ratio:.2f}x smaller"
     )
     lines += [f"note: {n}" for n in report.notes]
+    if report.lora is not None:
+        from wrinklefree_core.export.gguf_lora import format_lora_report  # gguf_lora imports this module
+
+        lines += ["", format_lora_report(report.lora)]
     return "\n".join(lines)

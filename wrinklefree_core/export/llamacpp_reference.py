@@ -22,6 +22,13 @@ Design choices:
   - Q4_0/Q8_0 -> Q8_0 (AVX quantize_row_q8_0, per 32-block): a = max|x|, d = a/127 stored as fp16,
     q = round_half_even(x * 127/a), x' = fp16(d) * q.
   - F16 -> the activation is rounded to fp16 (products accumulate in f32); F32 -> unchanged.
+- LoRA adapters (LRC checkpoints, gguf_lora.py): llama.cpp adds scale * B (A cur) to the base matmul,
+  where `cur` is the same f32 tensor the base matmul reads (after SubLN, *before* the Q8 rounding,
+  which happens inside the base matmul only). Modelled as two more matmuls with the F32/F16 rule
+  above: A's input is h (rounded to fp16 for an F16 adapter), the rank-r intermediate is stored as
+  f32 by ggml and rounded again for an F16 B. U and V are read back from the adapter GGUF (U rows
+  un-permuted), so the reference holds what llama.cpp holds. A BitLinearLRC without adapter tensors
+  runs its base matmul only: that is what llama.cpp computes from the base file alone.
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gguf import GGMLQuantizationType, GGUFReader, quants
+from gguf import GGMLQuantizationType, GGUFReader, Keys, quants
 from torch import nn
 
 from wrinklefree_core.export.gguf_layout import GGUFLayout, unpermute_rows
+from wrinklefree_core.export.gguf_lora import LoraLayout
 from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.lrc import lrc_modules
 
 T = GGMLQuantizationType
 Q8_K_BLOCK = 256
@@ -66,6 +75,51 @@ def read_gguf_tensors(path: str | Path, layout: GGUFLayout) -> dict[str, GGUFTen
         if spec.permute_heads is not None:
             value = unpermute_rows(value, spec.permute_heads)
         out[spec.hf_name] = GGUFTensor(value.contiguous(), qtype)
+    return out
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One adapter read back from a LoRA GGUF: U (out, rank) in HF row order, V (in, rank), and the
+    factor llama.cpp applies to U V^T (alpha / rank, or 1 when alpha is 0)."""
+
+    u: GGUFTensor
+    v: GGUFTensor
+    scale: float
+
+
+def read_lora_tensors(path: str | Path, plan: LoraLayout) -> dict[str, LoraPair]:
+    """Read a LoRA adapter GGUF back as {HF module name: LoraPair}, with the scale llama.cpp uses.
+
+    Tensors the plan does not know, or a pair missing one half, raise ValueError; pairs the file
+    lacks are simply absent from the result (the caller compares the keys with the plan).
+    """
+    reader = GGUFReader(str(path))
+    field = reader.fields.get(Keys.Adapter.LORA_ALPHA)
+    alpha = float(field.contents()) if field is not None else 0.0
+    names = plan.by_tensor_name()
+    halves: dict[str, dict[str, GGUFTensor]] = {}
+    for t in reader.tensors:
+        if t.name not in names:
+            raise ValueError(f"{path}: tensor '{t.name}' belongs to no LRC adapter of the checkpoint")
+        spec, half = names[t.name]
+        qtype = GGMLQuantizationType(t.tensor_type)
+        shape = tuple(int(n) for n in reversed(t.shape))
+        value = torch.from_numpy(np.array(quants.dequantize(t.data, qtype), dtype=np.float32)).reshape(shape)
+        if half == "a":
+            value = value.T  # lora_a is V^T
+        elif spec.permute_heads is not None:
+            value = unpermute_rows(value, spec.permute_heads)
+        halves.setdefault(spec.module, {})[half] = GGUFTensor(value.contiguous(), qtype)
+    out: dict[str, LoraPair] = {}
+    for spec in plan.specs:
+        got = halves.get(spec.module)
+        if got is None:
+            continue
+        if set(got) != {"a", "b"}:
+            raise ValueError(f"{path}: the adapter of '{spec.module}' lacks {spec.b_name if 'a' in got else spec.a_name}")
+        rank = got["b"].value.shape[1]
+        out[spec.module] = LoraPair(u=got["b"], v=got["a"], scale=alpha / rank if alpha else 1.0)
     return out
 
 
@@ -106,13 +160,25 @@ def activation_roundtrip(x: torch.Tensor, weight_type: GGMLQuantizationType) -> 
     raise ValueError(f"no activation model for weight type {weight_type.name}")
 
 
-def _linear_forward(weight: GGUFTensor, bias: torch.Tensor | None, accumulate: torch.dtype):
+def lora_delta(x: torch.Tensor, pair: LoraPair, accumulate: torch.dtype) -> torch.Tensor:
+    """scale * U (V^T x) as llama.cpp computes it from x, the f32 input of the base matmul."""
+    t = F.linear(activation_roundtrip(x, pair.v.ggml_type).to(accumulate), pair.v.value.T.to(accumulate))
+    t = t.float()  # ggml keeps the rank-r intermediate as an f32 tensor
+    d = F.linear(activation_roundtrip(t, pair.u.ggml_type).to(accumulate), pair.u.value.to(accumulate))
+    return d if pair.scale == 1.0 else d * pair.scale
+
+
+def _linear_forward(
+    weight: GGUFTensor, bias: torch.Tensor | None, accumulate: torch.dtype, lora: LoraPair | None = None
+):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self, BitLinear) and self.sub_norm is not None:
             x = self.sub_norm(x)
         # Cast per call, not once: a float64 copy of every weight would double a large model's memory.
         b = None if bias is None else bias.to(accumulate)
         y = F.linear(activation_roundtrip(x, weight.ggml_type).to(accumulate), weight.value.to(accumulate), b)
+        if lora is not None:
+            y = y + lora_delta(x, lora, accumulate)
         return y.to(x.dtype)
 
     return forward
@@ -127,11 +193,16 @@ def _embedding_forward(weight: GGUFTensor):
 
 @contextlib.contextmanager
 def llamacpp_numerics(
-    model: nn.Module, tensors: dict[str, GGUFTensor], accumulate: torch.dtype = torch.float64
+    model: nn.Module,
+    tensors: dict[str, GGUFTensor],
+    accumulate: torch.dtype = torch.float64,
+    lora: dict[str, LoraPair] | None = None,
 ) -> Iterator[nn.Module]:
     """Within the block, `model` computes with the GGUF's weights and llama.cpp's activation rounding.
 
-    `tensors` comes from read_gguf_tensors. A tied lm_head uses the embedding's GGUF tensor, as
+    `tensors` comes from read_gguf_tensors; `lora` (from read_lora_tensors) adds each module's
+    adapter as llama.cpp's LoRA path computes it. Without `lora`, LRC modules run their base matmul
+    only, like llama.cpp given the base file alone. A tied lm_head uses the embedding's GGUF tensor, as
     llama.cpp does. Norm weights and biases are F32 in the file, equal to the model's, and stay as they
     are. Matmuls accumulate in `accumulate`: float64 by default, because ggml's quantized dot products
     sum integers exactly and scale once per block, which an fp32 GEMM over dequantized values does not;
@@ -147,7 +218,8 @@ def llamacpp_numerics(
                 if key not in tensors and name == "lm_head":
                     key = f"{embed_name}.weight"
                 bias = tensors[f"{name}.bias"].value if module.bias is not None else None
-                module.forward = types.MethodType(_linear_forward(tensors[key], bias, accumulate), module)
+                pair = (lora or {}).get(name)
+                module.forward = types.MethodType(_linear_forward(tensors[key], bias, accumulate, pair), module)
                 patched.append(module)
             elif module is embed:
                 module.forward = types.MethodType(_embedding_forward(tensors[f"{name}.weight"]), module)
@@ -159,14 +231,34 @@ def llamacpp_numerics(
 
 
 def reference_logits(
-    model: nn.Module, tensors: dict[str, GGUFTensor], ids: torch.Tensor, accumulate: torch.dtype = torch.float64
+    model: nn.Module,
+    tensors: dict[str, GGUFTensor],
+    ids: torch.Tensor,
+    accumulate: torch.dtype = torch.float64,
+    lora: dict[str, LoraPair] | None = None,
 ) -> torch.Tensor:
     """Logits (seq, vocab) of the modelled llama.cpp forward for one sequence of token ids.
+
+    `lora` as in llamacpp_numerics (base + adapter); None models the base file alone.
 
     Comparing the float64 and float32 `accumulate` variants measures the model's own sensitivity to
     float rounding: each activation quantizer turns a last-bit difference into a whole int8 step when a
     value sits on a rounding boundary, and a deep model can amplify such a step. That gap is the noise
     floor no reference can beat, for llama.cpp's fp32 arithmetic has the same kind of rounding.
     """
-    with torch.no_grad(), llamacpp_numerics(model, tensors, accumulate):
+    with torch.no_grad(), llamacpp_numerics(model, tensors, accumulate, lora):
         return model(ids.view(1, -1)).logits[0].float()
+
+
+@contextlib.contextmanager
+def lrc_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every BitLinearLRC computes its plain BitLinear forward (the exact model
+    without its corrections, i.e. what the base GGUF alone is meant to reproduce)."""
+    patched = [m for _, m in lrc_modules(model)]
+    try:
+        for module in patched:
+            module.forward = types.MethodType(BitLinear.forward, module)
+        yield model
+    finally:
+        for module in patched:
+            del module.forward

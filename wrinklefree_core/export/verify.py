@@ -27,6 +27,20 @@ Design choices:
   failure the staging file is deleted and an existing file at the real name is left untouched. A file
   under the expected name is therefore always one that passed (a user who wants to inspect a failing
   export can rerun with export.verify=false).
+
+LRC checkpoints (base GGUF + LoRA adapter GGUF, gguf_lora.py) get the same checks for base + adapter
+against the PyTorch LRC model, plus:
+- the adapter file itself: general.type/adapter.type/arch, one lora_a/lora_b pair per LRC module
+  with the right shapes, a llama.cpp scale of exactly 1, and factors equal to the checkpoint's U, V
+  (F16: fp16-rounded). The reference reads U, V back from the file, so a writer bug that llama.cpp
+  and the reference would share (a wrong q/k row permutation of U) is caught only here;
+- the base file alone vs the reference without adapters (its own noise floor and bounds), which
+  pins each file separately;
+- `adapter_effect`: how far the adapters move the (modelled) logits. When that is below the
+  tolerance, the logits check could not tell an applied adapter from a missing one; the json says
+  so (`adapter_effect_resolved`: false) without failing, since a U = 0 adapter is a valid export.
+`export_gguf` writes both files of an LRC checkpoint (`<name>.gguf`, `<name>.lora.gguf`) under
+staging names and publishes both only when both pass; one verification.json describes them.
 """
 
 from __future__ import annotations
@@ -38,16 +52,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType, GGUFReader, GGUFType, Keys
+from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.export.gguf_layout import plan_layout
+from wrinklefree_core.export.gguf_layout import GGUFLayout, plan_layout
+from wrinklefree_core.export.gguf_lora import (
+    ADAPTER_TYPES,
+    LoraLayout,
+    checkpoint_has_lrc,
+    lora_path_for,
+    plan_lora,
+    write_lora_gguf,
+)
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
-from wrinklefree_core.export.llamacpp_reference import read_gguf_tensors, reference_logits
+from wrinklefree_core.export.llamacpp_reference import (
+    GGUFTensor,
+    LoraPair,
+    lrc_disabled,
+    read_gguf_tensors,
+    read_lora_tensors,
+    reference_logits,
+)
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
+from wrinklefree_core.models.lrc import lrc_modules
 
 VERIFICATION_NAME = "verification.json"
 # How many noise floors of disagreement llama.cpp may add (its fp32 rounding is independent of ours).
 NOISE_FACTOR = 2.0
+_FLOAT_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
 class VerificationError(RuntimeError):
@@ -55,7 +88,12 @@ class VerificationError(RuntimeError):
 
 
 class _LoadFailed(Exception):
-    """llama.cpp could not load or run the file."""
+    """llama.cpp could not load or run the file(s); `failures` are the checks that failed before."""
+
+    def __init__(self, message: str, failures: list[str] | None = None, extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.failures = failures or []
+        self.extra = extra or {}
 
 
 def compare_logits(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
@@ -72,12 +110,15 @@ def compare_logits(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     }
 
 
-def load_llama(gguf_path: str | Path, n_ctx: int):
-    """Open a GGUF in llama.cpp the way verification needs it (all logits, F32 KV cache, no flash attention)."""
+def load_llama(gguf_path: str | Path, n_ctx: int, lora_path: str | Path | None = None):
+    """Open a GGUF in llama.cpp the way verification needs it (all logits, F32 KV cache, no flash attention),
+    with the LoRA adapter at `lora_path` applied at scale 1 when given."""
     from llama_cpp import Llama
 
     return Llama(
         model_path=str(gguf_path),
+        lora_path=None if lora_path is None else str(lora_path),
+        lora_scale=1.0,
         n_ctx=n_ctx,
         n_batch=n_ctx,
         n_threads=max(1, min(2, os.cpu_count() or 1)),
@@ -114,39 +155,40 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    model, settings = load_bitnet_checkpoint(checkpoint_dir)
-    layout = plan_layout(model, settings)
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
-    hf_ids = list(tokenizer(cfg.verify_prompt).input_ids)
+def _run_llama(
+    gguf_path: Path, lora_path: Path | None, ids: list[int], prompt: str, failures: list[str]
+) -> tuple[list[int], np.ndarray]:
+    """llama.cpp's token ids for `prompt` and its logits for `ids`; _LoadFailed if it refuses the file(s)."""
     try:
-        llm = load_llama(gguf_path, n_ctx=max(256, len(hf_ids) + 16))
-    except ValueError as e:  # llama-cpp-python's way of saying llama.cpp refused the file
-        raise _LoadFailed(str(e)) from e
-
+        llm = load_llama(gguf_path, n_ctx=max(256, len(ids) + 16), lora_path=lora_path)
+    except (ValueError, RuntimeError) as e:  # llama-cpp-python's ways of saying llama.cpp refused a file
+        raise _LoadFailed(str(e), failures) from e
     try:
-        ll_ids = list(llm.tokenize(cfg.verify_prompt.encode("utf-8"), add_bos=True, special=True))
+        ll_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
         # Logits are compared on the HF ids either way, so a tokenizer mismatch still shows the numbers.
-        got = llamacpp_logits(llm, hf_ids)
+        return ll_ids, llamacpp_logits(llm, ids)
     finally:
         llm.close()
-    ids = torch.tensor(hf_ids)
-    tensors = read_gguf_tensors(gguf_path, layout)
-    ref = reference_logits(model, tensors, ids).numpy()
-    ref_fp32 = reference_logits(model, tensors, ids, accumulate=torch.float32).numpy()
-    with torch.no_grad():
-        exact = model(ids.view(1, -1)).logits[0].float().numpy()
 
+
+def _check_logits(
+    got: np.ndarray,
+    model: nn.Module,
+    tensors: dict[str, GGUFTensor],
+    ids: torch.Tensor,
+    exact: np.ndarray,
+    cfg: ExportConfig,
+    lora: dict[str, LoraPair] | None = None,
+) -> tuple[dict[str, Any], list[str], np.ndarray]:
+    """llama.cpp's logits vs the modelled reference and the exact model: (json entries, failures, reference)."""
+    ref = reference_logits(model, tensors, ids, lora=lora).numpy()
+    ref_fp32 = reference_logits(model, tensors, ids, accumulate=torch.float32, lora=lora).numpy()
     vs_ref, vs_exact, ref_exact = compare_logits(got, ref), compare_logits(got, exact), compare_logits(ref, exact)
     floor = compare_logits(ref_fp32, ref)
     max_rel = cfg.verify_max_rel_error + NOISE_FACTOR * floor["rel_l2_error"]
     min_top1 = cfg.verify_min_top1 - NOISE_FACTOR * (1.0 - floor["top1_agreement"])
     exact_bound = ref_exact["rel_l2_error"] + max_rel
     failures = []
-    if ll_ids != hf_ids:
-        failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
     if vs_ref["rel_l2_error"] > max_rel:
         failures.append(f"relative L2 error vs the modelled reference {vs_ref['rel_l2_error']:.3g} > {max_rel:.3g}")
     if vs_ref["top1_agreement"] < min_top1:
@@ -155,15 +197,7 @@ def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig) -> dic
         failures.append(
             f"relative L2 error vs the exact model {vs_exact['rel_l2_error']:.3g} > derived bound {exact_bound:.3g}"
         )
-    return {
-        "passed": not failures,
-        "failures": failures,
-        "arch": layout.arch,
-        "prompt": cfg.verify_prompt,
-        "tokens_compared": len(hf_ids),
-        "tokens_match": ll_ids == hf_ids,
-        "hf_token_ids": hf_ids,
-        "llama_cpp_token_ids": ll_ids,
+    entries = {
         "logit_scale": float(np.abs(exact).max()),
         "vs_reference": vs_ref,
         "vs_exact": vs_exact,
@@ -183,6 +217,155 @@ def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig) -> dic
             },
         },
     }
+    return entries, failures, ref
+
+
+def check_lora_file(
+    lora_path: Path, plan: LoraLayout, model: nn.Module
+) -> tuple[dict[str, Any], list[str], dict[str, LoraPair] | None]:
+    """Check an adapter GGUF against the checkpoint: (summary, failures, pairs read back or None).
+
+    The pairs are None when the file cannot be read as this checkpoint's adapter (unknown tensors,
+    half a pair, wrong shapes or types); the logits cannot be modelled then.
+    """
+    try:
+        reader = GGUFReader(str(lora_path))
+    except Exception as e:  # gguf raises assorted errors for garbage; all mean "not a GGUF"
+        return {}, [f"the LoRA adapter is not a readable GGUF file ({e})"], None
+    failures = []
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    for key, want in ((Keys.General.TYPE, GGUFType.ADAPTER), (Keys.Adapter.TYPE, "lora"), (Keys.General.ARCHITECTURE, plan.arch)):
+        if field(key) != want:
+            failures.append(f"the LoRA adapter has {key} = {field(key)!r}, llama.cpp needs {want!r}")
+    names = plan.by_tensor_name()
+    present = {t.name: t for t in reader.tensors}
+    broken = [f"tensor '{n}' belongs to no LRC adapter of the checkpoint" for n in present if n not in names]
+    for spec in plan.specs:
+        got = [n for n in (spec.a_name, spec.b_name) if n in present]
+        if len(got) == 1:
+            broken.append(f"'{got[0]}' has no partner ({spec.b_name if got[0] == spec.a_name else spec.a_name} is missing)")
+        for name, shape in ((spec.a_name, (spec.rank, spec.in_features)), (spec.b_name, (spec.out_features, spec.rank))):
+            t = present.get(name)
+            if t is None:
+                continue
+            found = tuple(int(n) for n in reversed(t.shape))
+            if found != shape:
+                broken.append(f"'{name}' has shape {found}, expected {shape}")
+            if GGMLQuantizationType(t.tensor_type) not in _FLOAT_TYPES:
+                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32 or F16")
+    missing = [s.module for s in plan.specs if s.a_name not in present and s.b_name not in present]
+    if missing:
+        failures.append(
+            f"the LoRA adapter lacks the adapters of {len(missing)} of {len(plan.specs)} LRC modules "
+            f"(first: {missing[:3]}); llama.cpp would run those layers uncorrected"
+        )
+    summary: dict[str, Any] = {
+        "alpha": float(field(Keys.Adapter.LORA_ALPHA) or 0.0),
+        "pairs": len(plan.specs) - len(missing),
+        "pairs_expected": len(plan.specs),
+        "ranks": sorted({s.rank for s in plan.specs}),
+        "types": sorted({GGMLQuantizationType(t.tensor_type).name for t in reader.tensors}),
+        "file_bytes": lora_path.stat().st_size,
+    }
+    if broken:
+        return summary, failures + [f"the LoRA adapter is malformed: {b}" for b in broken], None
+
+    pairs = read_lora_tensors(lora_path, plan)
+    modules = dict(model.named_modules())
+    wrong_scale, wrong_values, worst = [], [], 0.0
+    for name, pair in pairs.items():
+        if pair.scale != 1.0:
+            wrong_scale.append(f"{name} ({pair.scale:g})")
+        m = modules[name]
+        for got, want in ((pair.u, m.lrc_U), (pair.v, m.lrc_V)):
+            want = want.detach().float()
+            if got.ggml_type == GGMLQuantizationType.F16:
+                want = want.half().float()
+            err = float((got.value - want).abs().max()) if want.numel() else 0.0
+            worst = max(worst, err)
+            if err:
+                wrong_values.append(name)
+    if wrong_scale:
+        failures.append(f"llama.cpp would scale U V^T by alpha/rank != 1 for {wrong_scale[:3]}")
+    if wrong_values:
+        failures.append(
+            f"the LoRA factors of {sorted(set(wrong_values))[:3]} differ from the checkpoint's U, V "
+            f"(max abs {worst:.3g}; U rows must carry the base weight's q/k permutation)"
+        )
+    summary["values_match_checkpoint"] = not wrong_values
+    summary["max_abs_value_error"] = worst
+    return summary, failures, pairs
+
+
+def _run_checks(
+    gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig, lora_path: Path | None = None
+) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    model, settings = load_bitnet_checkpoint(checkpoint_dir)
+    has_lrc = bool(lrc_modules(model))
+    if has_lrc and lora_path is None:
+        raise VerificationError(
+            f"{checkpoint_dir} has LRC adapters, so its GGUF is a base file plus a LoRA adapter, and no adapter was "
+            f"given (none at {lora_path_for(gguf_path)} either). Pass lora_path=, or export with export_gguf."
+        )
+    if lora_path is not None and not has_lrc:
+        raise VerificationError(f"{checkpoint_dir} has no LRC adapters, but a LoRA adapter ({lora_path}) was given.")
+    layout: GGUFLayout = plan_layout(model, settings, with_lora=has_lrc)
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
+    hf_ids = list(tokenizer(cfg.verify_prompt).input_ids)
+    ids = torch.tensor(hf_ids)
+
+    failures: list[str] = []
+    lora, extra = None, {}
+    if has_lrc:
+        plan = plan_lora(model, layout)
+        summary, failures, lora = check_lora_file(lora_path, plan, model)
+        extra["adapter"] = summary
+        if lora is None:
+            raise _LoadFailed("the LoRA adapter does not fit the checkpoint", failures, extra)
+    try:
+        ll_ids, got = _run_llama(gguf_path, lora_path, hf_ids, cfg.verify_prompt, failures)
+    except _LoadFailed as e:
+        e.extra = extra
+        raise
+    if ll_ids != hf_ids:
+        failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
+    tensors = read_gguf_tensors(gguf_path, layout)
+    with torch.no_grad():
+        exact = model(ids.view(1, -1)).logits[0].float().numpy()
+    entries, logit_failures, ref = _check_logits(got, model, tensors, ids, exact, cfg, lora)
+    failures += logit_failures
+
+    if has_lrc:
+        _, base_got = _run_llama(gguf_path, None, hf_ids, cfg.verify_prompt, failures)
+        with torch.no_grad(), lrc_disabled(model):
+            base_exact = model(ids.view(1, -1)).logits[0].float().numpy()
+        base_entries, base_failures, base_ref = _check_logits(base_got, model, tensors, ids, base_exact, cfg)
+        failures += [f"base GGUF alone: {f}" for f in base_failures]
+        effect = compare_logits(base_ref, ref)
+        extra["base_alone"] = base_entries
+        extra["adapter_effect"] = effect
+        # Below the tolerance the logits check cannot tell an applied adapter from a missing one.
+        extra["adapter_effect_resolved"] = effect["rel_l2_error"] > entries["tolerance"]["max_rel_error_vs_reference"]
+        extra["llama_cpp_base_vs_base_with_adapter"] = compare_logits(base_got, got)
+
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "arch": layout.arch,
+        "prompt": cfg.verify_prompt,
+        "tokens_compared": len(hf_ids),
+        "tokens_match": ll_ids == hf_ids,
+        "hf_token_ids": hf_ids,
+        "llama_cpp_token_ids": ll_ids,
+        **entries,
+        **extra,
+    }
 
 
 def verify_gguf(
@@ -191,44 +374,73 @@ def verify_gguf(
     cfg: ExportConfig,
     json_path: str | os.PathLike | None = None,
     published_name: str | None = None,
+    lora_path: str | os.PathLike | None = None,
+    published_lora_name: str | None = None,
 ) -> dict[str, Any]:
     """Check a GGUF against its checkpoint in llama.cpp; write the result as JSON; return it.
 
-    The JSON goes to `json_path` (default: verification.json beside the GGUF). Raises
-    VerificationError when a check fails or llama.cpp cannot load the file; the file itself is kept.
+    For a checkpoint with LRC adapters the base GGUF is checked together with its LoRA adapter GGUF:
+    `lora_path`, by default `<name>.lora.gguf` beside the base when that file exists (see the module
+    docstring for the extra checks). The JSON goes to `json_path` (default: verification.json beside
+    the GGUF). Raises VerificationError when a check fails or llama.cpp cannot load the file(s); the
+    files themselves are kept.
     """
     gguf_path, checkpoint_dir = Path(gguf_path), Path(checkpoint_dir)
+    if lora_path is None and lora_path_for(gguf_path).is_file() and checkpoint_has_lrc(checkpoint_dir):
+        lora_path = lora_path_for(gguf_path)
+    lora = None if lora_path is None else Path(lora_path)
     json_file = Path(json_path) if json_path else gguf_path.parent / VERIFICATION_NAME
-    base = {"gguf": published_name or gguf_path.name, "checkpoint": str(checkpoint_dir)}
+    base: dict[str, Any] = {"gguf": published_name or gguf_path.name}
+    if lora is not None:
+        base["lora_gguf"] = published_lora_name or lora.name
+    base["checkpoint"] = str(checkpoint_dir)
     try:
         base["llama_cpp"] = llamacpp_version()
-        result = {**base, **_run_checks(gguf_path, checkpoint_dir, cfg)}
+        result = {**base, **_run_checks(gguf_path, checkpoint_dir, cfg, lora)}
     except ImportError as e:
         raise VerificationError(
             f"llama-cpp-python is not installed ({e}); install it (pip install llama-cpp-python) or export with verify=false."
         ) from e
     except _LoadFailed as e:
-        result = {**base, "passed": False, "failures": [f"llama.cpp could not run the file: {e}"]}
+        what = "the files" if lora is not None else "the file"
+        result = {**base, "passed": False, "failures": [*e.failures, f"llama.cpp could not run {what}: {e}"], **e.extra}
         _write_json(json_file, result)
-        raise VerificationError(f"{gguf_path}: llama.cpp could not run the file ({e}). Details in {json_file}.") from e
+        raise VerificationError(
+            f"{gguf_path}: llama.cpp could not run {what} ({'; '.join(result['failures'])}). Details in {json_file}."
+        ) from e
     _write_json(json_file, result)
     if not result["passed"]:
         raise VerificationError(f"{gguf_path} failed verification: {'; '.join(result['failures'])}. Details in {json_file}.")
     return result
 
 
+def _stale_adapter_note(out: Path) -> list[str]:
+    stale = lora_path_for(out)
+    if stale.exists():
+        return [f"{stale} is left from an earlier export and does not belong to this file"]
+    return []
+
+
 def export_gguf(
-    checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, cfg: ExportConfig
+    checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, cfg: ExportConfig, lora_type: str | None = None
 ) -> tuple[GGUFExportReport, dict[str, Any] | None]:
     """write_gguf, then (if cfg.verify) verify before publishing; return (report, verification or None).
 
     With verification the file is written under a staging name, checked in llama.cpp, and renamed to
     `out_path` only if it passes; on failure nothing new is left at `out_path` and VerificationError
     is raised (verification.json beside `out_path` says why).
+
+    A checkpoint with LRC adapters becomes two files, the base at `out_path` and its LoRA adapter at
+    lora_path_for(out_path) (`<name>.lora.gguf`, type `lora_type`, default f32), verified together
+    and published together; `report.lora` describes the adapter.
     """
     out = Path(out_path)
+    if checkpoint_has_lrc(checkpoint_dir):
+        return _export_with_lora(checkpoint_dir, out, cfg, lora_type)
     if not cfg.verify:
-        return write_gguf(checkpoint_dir, out, cfg), None
+        report = write_gguf(checkpoint_dir, out, cfg)
+        report.notes += _stale_adapter_note(out)
+        return report, None
     staging = out.parent / f".{out.name}.unverified-{os.getpid()}"
     try:
         report = write_gguf(checkpoint_dir, staging, cfg)
@@ -237,4 +449,38 @@ def export_gguf(
     finally:
         staging.unlink(missing_ok=True)
     report.path = out
+    report.notes += _stale_adapter_note(out)
+    return report, result
+
+
+def _export_with_lora(
+    checkpoint_dir: str | os.PathLike, out: Path, cfg: ExportConfig, lora_type: str | None
+) -> tuple[GGUFExportReport, dict[str, Any] | None]:
+    lora_out = lora_path_for(out)
+    if not cfg.verify:
+        lora_report = write_lora_gguf(checkpoint_dir, out, lora_out, cfg, lora_type)
+        report = lora_report.base
+        report.lora = lora_report
+        return report, None
+    staging = out.parent / f".{out.name}.unverified-{os.getpid()}"
+    lora_staging = out.parent / f".{lora_out.name}.unverified-{os.getpid()}"
+    try:
+        lora_report = write_lora_gguf(checkpoint_dir, staging, lora_staging, cfg, lora_type)
+        result = verify_gguf(
+            staging,
+            checkpoint_dir,
+            cfg,
+            json_path=out.parent / VERIFICATION_NAME,
+            published_name=out.name,
+            lora_path=lora_staging,
+            published_lora_name=lora_out.name,
+        )
+        os.replace(lora_staging, lora_out)
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+        lora_staging.unlink(missing_ok=True)
+    report = lora_report.base
+    report.path, lora_report.path = out, lora_out
+    report.lora = lora_report
     return report, result

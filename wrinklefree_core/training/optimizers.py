@@ -261,7 +261,9 @@ def build_optimizer(
         kwargs = {**MUON_DEFAULTS, **(muon_kwargs or {})}
         muon_group = _group("muon", "muon", split.muon, cfg.muon_lr, cfg.weight_decay)
         muon = Muon([muon_group], lr=cfg.muon_lr, weight_decay=cfg.weight_decay, **kwargs)
-    adamw = AdamW(adamw_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay) if adamw_groups else None
+    adamw = None
+    if adamw_groups:
+        adamw = AdamW(adamw_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay)
 
     qk_clip = None
     if cfg.type == "muonclip":

@@ -15,7 +15,9 @@ Design choices:
 - Cost: one extra QK^T per layer, in fp32, one KV group at a time (memory B * group * T^2), under
   no_grad, and only in training mode: validation forwards neither count nor cost anything. Only a
   running per-head max (a few floats per layer) is kept between forwards, so gradient accumulation
-  takes the max over all micro-batches of the step; `apply()` resets it.
+  takes the max over all micro-batches of the step; `apply()` resets it. Under data parallelism each
+  rank sees different data, so apply() first all-reduces the maxima (MAX): every replica then
+  rescales the same heads by the same factors and the weights stay identical across ranks.
 - Rescaling scales a head's whole q (or k) output: its weight rows, its bias entries (Qwen2) and its
   LRC `lrc_U` rows, so q and k scale exactly even with a bias or an adapter. A BitLinear's weight is
   the latent weight; rescaling it is what QK-clip means under QAT. With quant_lambda = 0 the new
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -74,7 +77,10 @@ def _attention_sites(model: nn.Module) -> list[_AttentionSite]:
             continue
         rotary = getattr(sys.modules[type(module).__module__], "apply_rotary_pos_emb", None)
         if rotary is None:
-            raise ValueError(f"{type(module).__name__} has no apply_rotary_pos_emb in its model file; QK-clip supports HF Llama/Qwen2/Qwen3 attention")
+            raise ValueError(
+                f"{type(module).__name__} has no apply_rotary_pos_emb in its model file; "
+                "QK-clip supports HF Llama/Qwen2/Qwen3 attention"
+            )
         head_dim = int(module.head_dim)
         sites.append(
             _AttentionSite(
@@ -188,13 +194,21 @@ class QKClip:
 
         return hook
 
-    def max_logits(self) -> torch.Tensor:
-        """(layers, heads) fp32 CPU tensor of the max logit per head since the last apply(); -inf where unseen."""
+    def max_logits(self, sync: bool = False) -> torch.Tensor:
+        """(layers, heads) fp32 CPU tensor of the max logit per head since the last apply(); -inf where unseen.
+
+        With `sync` (what apply() uses) the maxima are all-reduced (MAX) over the default process
+        group when torch.distributed is initialized, so every data-parallel rank clips identically.
+        """
+        device = self.sites[0].q_proj.weight.device
         rows = [
-            s.running_max.float().cpu() if s.running_max is not None else torch.full((s.num_heads,), float("-inf"))
+            s.running_max.float() if s.running_max is not None else torch.full((s.num_heads,), float("-inf"), device=device)
             for s in self.sites
         ]
-        return torch.stack(rows)
+        maxima = torch.stack([r.to(device) for r in rows])
+        if sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(maxima, op=dist.ReduceOp.MAX)
+        return maxima.cpu()
 
     def reset(self) -> None:
         """Forget the recorded maxima."""
@@ -208,7 +222,7 @@ class QKClip:
         Returns {"heads_clipped": number of q heads above tau, "max_logit": largest logit seen since
         the last apply (nan if no training forward ran)}.
         """
-        maxima = self.max_logits()
+        maxima = self.max_logits(sync=True)
         clipped = int((maxima > self.tau).sum())
         for site, s_max in zip(self.sites, maxima):
             if bool((s_max > self.tau).any()):

@@ -108,9 +108,13 @@ class RunState:
         """Delete the whole state folder (training.resume=never starts from scratch)."""
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def temp_path(self, step: int) -> Path:
+        """Where the checkpoint of `step` is assembled (the same name on every rank)."""
+        return self.checkpoints / f"{_TMP_PREFIX}{step}"
+
     def temp_dir(self, step: int) -> Path:
-        """A fresh, empty folder to write the checkpoint of `step` into (same name on every rank)."""
-        tmp = self.checkpoints / f"{_TMP_PREFIX}{step}"
+        """A fresh, empty `temp_path(step)`."""
+        tmp = self.temp_path(step)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)

@@ -1,0 +1,290 @@
+"""LRC adapters as a llama.cpp LoRA adapter GGUF, written together with the base GGUF.
+
+A BitLinearLRC computes y = Q(W) Q(h) + U V^T h, where h is the layer's input after SubLN and
+before activation quantization. llama.cpp's LoRA path computes, for every matmul of a base tensor
+that an adapter names (llm_graph_context::build_lora_mm), y = W cur + scale * B (A cur), with `cur`
+the f32 tensor that enters the matmul: on the `bitnet` graph that is the attn_sub_norm /
+ffn_sub_norm output, the same h. So an LRC checkpoint exports exactly as base GGUF + LoRA GGUF.
+
+Design choices:
+- Both files come from one loaded model, are planned and encoded before either is opened, and are
+  published together (gguf_writer.write_atomically): a refused checkpoint leaves neither file, and a
+  base never appears without its adapter. The adapter is `<name>.lora.gguf` beside `<name>.gguf`
+  (lora_path_for); the base is written by gguf_writer's own code with the LRC tensors left out.
+- Tensors (llama.cpp src/llama-adapter.cpp): `<base tensor name>.lora_a` = V^T, numpy shape
+  (rank, in) = ggml ne [in, rank], and `<base tensor name>.lora_b` = U, (out, rank) = ne [rank, out];
+  the loader checks a.ne[0] == W.ne[0], b.ne[1] == W.ne[1], a.ne[1] == b.ne[0]. For arch `llama`,
+  whose q/k rows are permuted for interleaved RoPE, the rows of U are permuted with the base
+  weight's permutation (U is the output side); V^T is on the input side and stays as it is.
+- Scale: llama.cpp multiplies each pair by `alpha / rank` (rank read from lora_b), or by the
+  user's adapter scale alone when alpha is 0. LRC ranks differ per layer (ceil(f * min(in, out)):
+  k/v under GQA get smaller ranks than q), so one alpha can give every pair scale 1 only when all
+  ranks are equal: then alpha = rank (the usual PEFT-style value), otherwise alpha = 0. Either way
+  llama.cpp applies U V^T exactly once at the default lora_scale 1; the factors are never rescaled.
+- Precision: F32 by default, which holds U and V exactly; F16 (half the size) is an option. ggml
+  multiplies an F16 matrix with the activation rounded to F16 (its vec_dot_type), so an F16 adapter
+  also rounds h and the rank-r intermediate; llamacpp_reference models both. F16 refuses factors
+  beyond fp16's range; any non-finite factor is refused for either type.
+- The adapter type is a keyword argument; ExportConfig has no field for it yet, so a `lora_type`
+  attribute on the config is honoured when present (export.lora_type once the config defines it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys
+from torch import nn
+
+from wrinklefree_core.config.export import ExportConfig
+from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
+from wrinklefree_core.export.gguf_quant import EncodedTensor, encode_float
+from wrinklefree_core.export.gguf_writer import (
+    GGUFExportReport,
+    TensorRecord,
+    build_report,
+    check_output_path,
+    prepare_gguf,
+    write_atomically,
+    write_prepared,
+)
+from wrinklefree_core.models.checkpoint import CONFIG_NAME, SETTINGS_KEY
+from wrinklefree_core.models.lrc import lrc_modules
+
+T = GGMLQuantizationType
+ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16}
+DEFAULT_ADAPTER_TYPE = "f32"
+LORA_SUFFIX = ".lora.gguf"
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def lora_path_for(base_path: str | os.PathLike) -> Path:
+    """The adapter file that goes with a base GGUF: `<name>.gguf` -> `<name>.lora.gguf` in the same folder."""
+    base = Path(base_path)
+    stem = base.name[: -len(".gguf")] if base.name.endswith(".gguf") else base.name
+    return base.with_name(stem + LORA_SUFFIX)
+
+
+def checkpoint_has_lrc(checkpoint_dir: str | os.PathLike) -> bool:
+    """True when the checkpoint's settings record LRC adapters (read from config.json, no weights loaded).
+
+    An unreadable config gives False: the single-file export then reports the checkpoint problem.
+    """
+    try:
+        config = json.loads((Path(checkpoint_dir) / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    settings = config.get(SETTINGS_KEY) if isinstance(config, dict) else None
+    return isinstance(settings, dict) and settings.get("lrc") is not None
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LRC module's adapter: the HF module, the base GGUF tensor it attaches to, its shape."""
+
+    module: str
+    base_name: str
+    rank: int
+    in_features: int
+    out_features: int
+    permute_heads: int | None = None
+
+    @property
+    def a_name(self) -> str:
+        return f"{self.base_name}.lora_a"
+
+    @property
+    def b_name(self) -> str:
+        return f"{self.base_name}.lora_b"
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    """The adapter plan: llama.cpp arch (the base file's), alpha, one LoraSpec per LRC module."""
+
+    arch: str
+    alpha: float
+    specs: list[LoraSpec] = field(default_factory=list)
+
+    def scale(self, rank: int) -> float:
+        """The factor llama.cpp applies to B A for a pair of this rank at adapter scale 1."""
+        return self.alpha / rank if self.alpha else 1.0
+
+    def by_tensor_name(self) -> dict[str, tuple[LoraSpec, str]]:
+        """Adapter tensor name -> (spec, "a" or "b")."""
+        out: dict[str, tuple[LoraSpec, str]] = {}
+        for spec in self.specs:
+            out[spec.a_name] = (spec, "a")
+            out[spec.b_name] = (spec, "b")
+        return out
+
+
+def lora_alpha(ranks: list[int]) -> float:
+    """alpha that makes llama.cpp's scale exactly 1 for every pair: the rank if all agree, else 0."""
+    unique = set(ranks)
+    return float(unique.pop()) if len(unique) == 1 else 0.0
+
+
+def plan_lora(model: nn.Module, layout: GGUFLayout) -> LoraLayout:
+    """Map every BitLinearLRC of `model` to the base tensor of `layout` it corrects, or raise ExportError."""
+    modules = lrc_modules(model)
+    if not modules:
+        raise ExportError(
+            "The checkpoint has no LRC adapters, so there is no LoRA adapter to write. Export it as a single "
+            "GGUF (write_gguf / export_gguf)."
+        )
+    base = {t.hf_name: t for t in layout.tensors}
+    specs = []
+    for name, m in modules:
+        tensor = base.get(f"{name}.weight")
+        if tensor is None or tensor.role != "ternary":
+            raise ExportError(
+                f"LRC adapter on '{name}' has no ternary base tensor in the {layout.arch} GGUF, so llama.cpp would "
+                "not apply it. Add adapters only to converted BitLinear projections."
+            )
+        if tuple(m.lrc_U.shape) != (m.out_features, m.rank) or tuple(m.lrc_V.shape) != (m.in_features, m.rank):
+            raise ExportError(
+                f"LRC adapter on '{name}' has U {tuple(m.lrc_U.shape)} / V {tuple(m.lrc_V.shape)}, expected "
+                f"({m.out_features}, {m.rank}) / ({m.in_features}, {m.rank}). Re-run the stage that wrote it."
+            )
+        specs.append(LoraSpec(name, tensor.gguf_name, m.rank, m.in_features, m.out_features, tensor.permute_heads))
+    return LoraLayout(layout.arch, lora_alpha([s.rank for s in specs]), specs)
+
+
+def resolve_adapter_type(cfg: ExportConfig, lora_type: str | None = None) -> str:
+    """The adapter type to write: the argument, else `cfg.lora_type` if the config has one, else f32."""
+    chosen = lora_type or getattr(cfg, "lora_type", None) or DEFAULT_ADAPTER_TYPE
+    if chosen not in ADAPTER_TYPES:
+        raise ExportError(f"LoRA adapter type '{chosen}' is not supported; choose one of {sorted(ADAPTER_TYPES)}.")
+    return chosen
+
+
+def _check_factor(t: torch.Tensor, name: str, qtype: GGMLQuantizationType) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise ExportError(f"{name} has non-finite values; llama.cpp would produce NaN logits. Check the checkpoint.")
+    peak = float(t.abs().max()) if t.numel() else 0.0
+    if qtype == T.F16 and peak > _FP16_MAX:
+        raise ExportError(f"{name} has values up to {peak:.3g}, beyond fp16's range. Export the adapter as f32.")
+
+
+def encode_lora(model: nn.Module, plan: LoraLayout, adapter_type: str) -> list[tuple[str, EncodedTensor]]:
+    """lora_a = V^T and lora_b = U (q/k rows permuted like the base) for every spec, in plan order."""
+    qtype = ADAPTER_TYPES[adapter_type]
+    modules = dict(model.named_modules())
+    out = []
+    for spec in plan.specs:
+        m = modules[spec.module]
+        u, v = m.lrc_U.detach().float(), m.lrc_V.detach().float()
+        _check_factor(u, f"{spec.module}.lrc_U", qtype)
+        _check_factor(v, f"{spec.module}.lrc_V", qtype)
+        if spec.permute_heads is not None:
+            u = permute_rows(u, spec.permute_heads)
+        out.append((spec.a_name, encode_float(v.T.contiguous(), qtype, f"{spec.module}.lrc_V")))
+        out.append((spec.b_name, encode_float(u.contiguous(), qtype, f"{spec.module}.lrc_U")))
+    return out
+
+
+def _write_adapter(path: Path, plan: LoraLayout, encoded: list[tuple[str, EncodedTensor]], name: str) -> None:
+    writer = GGUFWriter(str(path), plan.arch)  # general.architecture must equal the base file's
+    try:
+        writer.add_type(GGUFType.ADAPTER)
+        writer.add_name(name)
+        writer.add_string(Keys.Adapter.TYPE, "lora")
+        writer.add_float32(Keys.Adapter.LORA_ALPHA, plan.alpha)
+        for tensor_name, enc in encoded:
+            writer.add_tensor(tensor_name, enc.data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+@dataclass
+class LoraExportReport:
+    """What write_lora_gguf produced: the adapter file, and (`base`) the base GGUF written with it."""
+
+    path: Path
+    arch: str
+    alpha: float
+    adapter_type: str
+    tensors: list[TensorRecord]
+    ranks: dict[str, int]
+    file_bytes: int
+    base: GGUFExportReport | None = field(default=None, repr=False)
+
+    def types(self) -> dict[str, str]:
+        """GGUF tensor name -> type name."""
+        return {t.gguf_name: t.ggml_type for t in self.tensors}
+
+
+def write_lora_gguf(
+    checkpoint_dir: str | os.PathLike,
+    base_gguf_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    cfg: ExportConfig,
+    lora_type: str | None = None,
+) -> LoraExportReport:
+    """Write an LRC checkpoint as a base GGUF at `base_gguf_path` plus its LoRA adapter GGUF at `out_path`.
+
+    The base holds the ternary model exactly as write_gguf would (LRC tensors left out); the adapter
+    holds every U V^T (lora_type "f32" (default) or "f16", see resolve_adapter_type). Both files are
+    published together, atomically; on CheckpointError / ExportError (checkpoint without adapters,
+    a layout llama.cpp cannot run, factors the type cannot hold) neither is written and existing files
+    are untouched. Returns the adapter's report, with the base report as `.base`.
+    """
+    base_out, out = Path(base_gguf_path), Path(out_path)
+    check_output_path(base_out)
+    check_output_path(out)
+    if base_out.resolve() == out.resolve():
+        raise ExportError(f"The base GGUF and the LoRA adapter cannot both be written to {out}.")
+    adapter_type = resolve_adapter_type(cfg, lora_type)
+    prep = prepare_gguf(checkpoint_dir, cfg, with_lora=True)
+    plan = plan_lora(prep.model, prep.layout)
+    with torch.no_grad():
+        encoded = encode_lora(prep.model, plan, adapter_type)
+    write_atomically(
+        [
+            (base_out, lambda tmp: write_prepared(prep, tmp, cfg)),
+            (out, lambda tmp: _write_adapter(tmp, plan, encoded, prep.name)),
+        ]
+    )
+    records = []
+    for spec in plan.specs:
+        for tensor_name, hf_name in ((spec.a_name, f"{spec.module}.lrc_V"), (spec.b_name, f"{spec.module}.lrc_U")):
+            enc = dict(encoded)[tensor_name]
+            records.append(TensorRecord(hf_name, tensor_name, enc.ggml_type.name, enc.shape, enc.nbytes))
+    return LoraExportReport(
+        path=out,
+        arch=plan.arch,
+        alpha=plan.alpha,
+        adapter_type=ADAPTER_TYPES[adapter_type].name,
+        tensors=records,
+        ranks={spec.module: spec.rank for spec in plan.specs},
+        file_bytes=out.stat().st_size,
+        base=build_report(prep, base_out),
+    )
+
+
+def format_lora_report(report: LoraExportReport) -> str:
+    """A table of every adapter tensor (type, shape, bytes), the alpha/scale rule and the file size."""
+    rows = [("lora tensor", "type", "shape", "bytes")]
+    rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    ranks = sorted(set(report.ranks.values()))
+    scale_rule = "scale alpha/rank = 1 for every pair" if report.alpha else "alpha 0: llama.cpp applies each pair at the adapter scale (1)"
+    lines = [
+        f"LoRA adapter GGUF: {report.path} (arch {report.arch}, {report.adapter_type}, {len(report.ranks)} LRC "
+        f"adapters, ranks {ranks}, alpha {report.alpha:g}: {scale_rule})"
+    ]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(f"adapter file size {report.file_bytes / 2**20:.2f} MiB ({report.file_bytes} bytes)")
+    return "\n".join(lines)

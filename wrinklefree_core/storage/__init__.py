@@ -1,0 +1,16 @@
+"""Artifact locations: local folders and gs://bucket/prefix.
+
+- uri.py: parse and format artifact URIs; StorageError.
+- manifest.py: the `_COMPLETE` marker that makes an uploaded folder readable.
+- retry.py: the bounded retry policy for GCS requests and the errors it raises.
+- cache.py: where verified downloads live locally, published atomically.
+- gcs.py: GCSStore, folder upload/download/listing on GCS.
+- artifacts.py: resolve_input / staging_dir / publish_output, what stages call.
+
+Only uri.py is imported here: config sections validate with it, and gcs.py (google-cloud-storage)
+must not load for runs that never touch gs://.
+"""
+
+from wrinklefree_core.storage.uri import GCSURI, LocalURI, StorageError, format_uri, is_remote, parse_uri
+
+__all__ = ["GCSURI", "LocalURI", "StorageError", "format_uri", "is_remote", "parse_uri"]

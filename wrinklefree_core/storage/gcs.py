@@ -1,0 +1,383 @@
+"""GCSStore: a small wrapper over google-cloud-storage that moves whole artifact folders safely.
+
+Design choices:
+- Credentials come from the environment only: Application Default Credentials or
+  GOOGLE_APPLICATION_CREDENTIALS; with STORAGE_EMULATOR_HOST set, anonymous credentials and the
+  emulator. Nothing here logs credentials, tokens or request headers.
+- Every request goes through retry.call_with_retries (bounded attempts, backoff, clear errors). A
+  transient error during a file's upload or download restarts that file only.
+- Files larger than `chunk_size_mb` go through a resumable session in chunks of that size (the client
+  would otherwise send anything up to 8 MiB in one request); smaller files take one request. Every
+  uploaded object is checked against the local size and CRC32C the server reports back.
+- Completion: the old `_COMPLETE` marker is deleted before a prefix is rewritten and the new one is
+  written last (manifest.py), so a reader never consumes a half-uploaded or half-replaced folder.
+  Uploads only read local files: a failed upload never deletes or modifies them.
+- Downloads are checked against the manifest twice (bucket metadata before, bytes after), land in
+  the cache (cache.py) keyed by URI + marker generation, and are reused without downloading again.
+  If the bucket cannot be reached, the newest cached copy of that URI is used with a warning, so a
+  finished download keeps working offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from wrinklefree_core.config.storage import GCSConfig
+from wrinklefree_core.paths import cache_dir
+from wrinklefree_core.storage import cache
+from wrinklefree_core.storage.manifest import (
+    MARKER_NAME,
+    CorruptArtifactError,
+    FileEntry,
+    Manifest,
+    scan_folder,
+    verify_file,
+)
+from wrinklefree_core.storage.retry import BucketUnreachableError, UploadMismatch, call_with_retries
+from wrinklefree_core.storage.uri import GCSURI, StorageError, parse_uri
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+__all__ = [
+    "ArtifactNotFoundError",
+    "BucketUnreachableError",
+    "CorruptArtifactError",
+    "GCSStore",
+    "IncompleteUploadError",
+    "ObjectInfo",
+    "download_folder",
+    "exists",
+    "list_prefix",
+    "upload_folder",
+]
+
+
+class IncompleteUploadError(StorageError):
+    """A prefix has objects but no completion marker: its writer did not finish."""
+
+
+class ArtifactNotFoundError(StorageError):
+    """Nothing at all exists under a prefix."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object under a prefix: path relative to the prefix, size, CRC32C (base64) and generation."""
+
+    path: str
+    size: int
+    crc32c: str | None
+    generation: int | None
+
+
+def _as_gcs(uri: str | GCSURI) -> GCSURI:
+    parsed = uri if isinstance(uri, GCSURI) else parse_uri(uri)
+    if not isinstance(parsed, GCSURI):
+        raise StorageError(f"{uri!r} is not a gs:// URI; local folders need no GCS client.")
+    return parsed
+
+
+def _as_folder(uri: str | GCSURI, action: str) -> GCSURI:
+    parsed = _as_gcs(uri)
+    if not parsed.prefix:
+        raise StorageError(
+            f"Cannot {action} {parsed}: artifact folders need a prefix inside the bucket, "
+            f"e.g. gs://{parsed.bucket}/runs/name."
+        )
+    return parsed
+
+
+class GCSStore:
+    """Folder-level upload, download, listing and existence checks on GCS, with bounded retries.
+
+    `config` supplies the project, chunk size, retry count, backoff and timeouts; `client` may be
+    passed to reuse an existing google.cloud.storage.Client (otherwise one is made on first use).
+    """
+
+    def __init__(self, config: GCSConfig | None = None, client: storage.Client | None = None) -> None:
+        self.config = config or GCSConfig()
+        self._client = client
+
+    @property
+    def client(self) -> storage.Client:
+        """The google-cloud-storage client, created from the environment on first use."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> storage.Client:
+        try:
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                # The emulator accepts no real credentials; never look for (or send) any.
+                project = self.config.project or "wrinklefree-emulator"
+                return storage.Client(project=project, credentials=AnonymousCredentials())
+            return storage.Client(project=self.config.project)
+        except auth_exceptions.DefaultCredentialsError as exc:
+            # The message names the missing file or lookup that failed; it never holds key material.
+            raise StorageError(
+                f"No usable Google Cloud credentials ({exc}). Set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account key file or run `gcloud auth application-default login` (on GCP VMs the "
+                "attached service account is used); for a local emulator set STORAGE_EMULATOR_HOST."
+            ) from exc
+
+    def _call(self, fn: Callable[[], T], *, bucket: str, what: str) -> T:
+        return call_with_retries(
+            fn, bucket=bucket, what=what, max_retries=self.config.max_retries, backoff_s=self.config.retry_backoff_s
+        )
+
+    def _list(self, uri: GCSURI, max_results: int | None = None) -> list[storage.Blob]:
+        # list() inside the retried call: the iterator fetches its pages lazily.
+        return self._call(
+            lambda: list(
+                self.client.list_blobs(
+                    uri.bucket, prefix=uri.list_prefix, max_results=max_results, retry=None,
+                    timeout=self.config.timeout_s,
+                )
+            ),
+            bucket=uri.bucket,
+            what=f"list {uri}",
+        )
+
+    # ------------------------------------------------------------------------------------- queries
+
+    def list_prefix(self, gs_uri: str | GCSURI) -> list[ObjectInfo]:
+        """Every object under `gs_uri` (as a folder), with paths relative to it, sorted by path."""
+        uri = _as_gcs(gs_uri)
+        start = len(uri.list_prefix)
+        infos = [ObjectInfo(b.name[start:], int(b.size or 0), b.crc32c, b.generation) for b in self._list(uri)]
+        return sorted(infos, key=lambda info: info.path)
+
+    def exists(self, gs_uri: str | GCSURI) -> bool:
+        """True when `gs_uri` names an object or a non-empty prefix (a bare gs://bucket: the bucket exists).
+
+        A missing bucket under a prefix raises StorageError rather than returning False, so a
+        misspelt bucket is not mistaken for "not written yet".
+        """
+        uri = _as_gcs(gs_uri)
+        bucket = self.client.bucket(uri.bucket)
+        timeout = self.config.timeout_s
+        what = f"check {uri}"
+        if not uri.prefix:
+            return self._call(lambda: bucket.exists(retry=None, timeout=timeout), bucket=uri.bucket, what=what)
+        blob = bucket.blob(uri.prefix)
+        if self._call(lambda: blob.exists(retry=None, timeout=timeout), bucket=uri.bucket, what=what):
+            return True
+        return bool(self._list(uri, max_results=1))
+
+    def is_complete(self, gs_uri: str | GCSURI) -> bool:
+        """True when the artifact folder at `gs_uri` has its completion marker."""
+        uri = _as_folder(gs_uri, "check")
+        marker = self.client.bucket(uri.bucket).blob(uri.object_name(MARKER_NAME))
+        return self._call(
+            lambda: marker.exists(retry=None, timeout=self.config.timeout_s), bucket=uri.bucket, what=f"check {uri}"
+        )
+
+    # -------------------------------------------------------------------------------------- upload
+
+    def upload_folder(self, local_dir: str | os.PathLike, gs_uri: str | GCSURI) -> GCSURI:
+        """Upload every file under `local_dir` to `gs_uri`, then write the completion marker last.
+
+        An existing marker at `gs_uri` is removed first, so readers see "incomplete" rather than a
+        mix of old and new files while the prefix is rewritten. Objects under the prefix that the new
+        folder lacks are left in place and ignored by readers. Local files are only read.
+        Raises StorageError (BucketUnreachableError once retries run out). Returns the target URI.
+        """
+        target = _as_folder(gs_uri, "upload to")
+        root = Path(local_dir)
+        manifest = scan_folder(root)
+        bucket = self.client.bucket(target.bucket)
+        marker = bucket.blob(target.object_name(MARKER_NAME))
+        timeout = self.config.timeout_s
+
+        def drop_old_marker() -> None:
+            try:
+                marker.delete(retry=None, timeout=timeout)
+            except api_exceptions.NotFound:
+                pass
+
+        self._call(drop_old_marker, bucket=target.bucket, what=f"remove the old completion marker of {target}")
+        started = time.monotonic()
+        for entry in manifest.files:
+            self._call(
+                lambda entry=entry: self._upload_file(bucket, root, target, entry),
+                bucket=target.bucket,
+                what=f"upload {entry.path} to {target}",
+            )
+        self._call(
+            lambda: marker.upload_from_string(
+                manifest.to_json(), content_type="application/json", retry=None, timeout=timeout
+            ),
+            bucket=target.bucket,
+            what=f"write the completion marker of {target}",
+        )
+        log.info(
+            "uploaded %d files (%.1f MiB) to %s in %.1fs",
+            len(manifest.files), manifest.total_bytes / 2**20, target, time.monotonic() - started,
+        )
+        return target
+
+    def _upload_file(self, bucket: storage.Bucket, root: Path, target: GCSURI, entry: FileEntry) -> None:
+        chunk = self.config.chunk_size_bytes
+        resumable = entry.size > chunk
+        blob = bucket.blob(target.object_name(entry.path), chunk_size=chunk if resumable else None)
+        with open(root / entry.path, "rb") as f:
+            # size=None makes the client open a resumable session and send chunk-sized pieces even for
+            # files under its own 8 MiB single-request threshold.
+            blob.upload_from_file(
+                f,
+                size=None if resumable else entry.size,
+                content_type="application/octet-stream",
+                checksum=None,  # verified below against the manifest, one rule for both upload kinds
+                retry=None,
+                timeout=self.config.timeout_s,
+            )
+        if blob.size != entry.size or blob.crc32c != entry.crc32c:
+            raise UploadMismatch(
+                f"{entry.path} arrived as {blob.size} bytes (crc32c {blob.crc32c}) but the local file was "
+                f"{entry.size} bytes (crc32c {entry.crc32c})"
+            )
+
+    # ------------------------------------------------------------------------------------ download
+
+    def download_folder(
+        self,
+        gs_uri: str | GCSURI,
+        local_dir: str | os.PathLike | None = None,
+        *,
+        cache_root: str | os.PathLike | None = None,
+    ) -> Path:
+        """Return a verified local copy of the artifact folder at `gs_uri`.
+
+        The copy lives under `cache_root` (default cache_dir()/gcs), keyed by URI and marker
+        generation: a second call for an unchanged artifact downloads nothing. With `local_dir`, the
+        cached copy is also copied there (which must be absent or empty) and that path is returned.
+        Raises IncompleteUploadError without a marker, ArtifactNotFoundError for an empty prefix,
+        CorruptArtifactError when sizes/checksums disagree, BucketUnreachableError when GCS cannot be
+        reached and nothing is cached.
+        """
+        source = _as_folder(gs_uri, "download")
+        entry = cache.entry_root(Path(cache_root) if cache_root is not None else cache_dir() / "gcs", source)
+        try:
+            generation, crc32c, manifest = self._read_marker(source)
+        except BucketUnreachableError:
+            cached = cache.newest_copy(entry)
+            if cached is None:
+                raise
+            log.warning("could not reach GCS for %s; using the copy cached at %s", source, cached)
+            return _deliver(cached, local_dir)
+        folder = entry / cache.copy_name(generation, crc32c)
+        if folder.is_dir():
+            log.info("%s is cached at %s", source, folder)
+            return _deliver(folder, local_dir)
+        self._check_objects(source, manifest)
+        started = time.monotonic()
+        cache.publish_copy(entry, folder, source, lambda tmp: self._download_files(source, manifest, tmp))
+        log.info(
+            "downloaded %s (%d files, %.1f MiB) in %.1fs",
+            source, len(manifest.files), manifest.total_bytes / 2**20, time.monotonic() - started,
+        )
+        return _deliver(folder, local_dir)
+
+    def _read_marker(self, source: GCSURI) -> tuple[int | None, str | None, Manifest]:
+        bucket = self.client.bucket(source.bucket)
+        timeout = self.config.timeout_s
+        what = f"read the completion marker of {source}"
+        name = source.object_name(MARKER_NAME)
+        blob = self._call(lambda: bucket.get_blob(name, retry=None, timeout=timeout), bucket=source.bucket, what=what)
+        if blob is None:
+            self._raise_missing_marker(source)
+        # The blob carries its generation, so this reads exactly the marker version just looked up.
+        data = self._call(
+            lambda: blob.download_as_bytes(checksum=None, retry=None, timeout=timeout), bucket=source.bucket, what=what
+        )
+        return blob.generation, blob.crc32c, Manifest.from_json(data, str(source))
+
+    def _raise_missing_marker(self, source: GCSURI) -> NoReturn:
+        if not self._list(source, max_results=1):
+            raise ArtifactNotFoundError(
+                f"Nothing at {source}: no objects under this prefix. Check the URI, or run the stage that "
+                "writes it first."
+            )
+        raise IncompleteUploadError(
+            f"{source} is an incomplete upload: it has objects but no {MARKER_NAME} marker, so its writer did "
+            "not finish (or is still running). Re-run the stage that writes it."
+        )
+
+    def _check_objects(self, source: GCSURI, manifest: Manifest) -> None:
+        """Compare bucket metadata with the manifest before downloading anything."""
+        objects = {info.path: info for info in self.list_prefix(source)}
+        fix = f"The object changed or was deleted after the upload completed; re-run the stage that writes {source}."
+        for entry in manifest.files:
+            info = objects.get(entry.path)
+            where = source.child(entry.path)
+            if info is None:
+                raise CorruptArtifactError(f"{where} is listed in the marker but missing. {fix}")
+            if info.size != entry.size:
+                raise CorruptArtifactError(
+                    f"{where}: size mismatch, the marker says {entry.size} bytes, the bucket has {info.size}. {fix}"
+                )
+            if info.crc32c is not None and info.crc32c != entry.crc32c:
+                raise CorruptArtifactError(
+                    f"{where}: checksum mismatch, the marker says crc32c {entry.crc32c}, "
+                    f"the bucket has {info.crc32c}. {fix}"
+                )
+
+    def _download_files(self, source: GCSURI, manifest: Manifest, tmp: Path) -> None:
+        bucket = self.client.bucket(source.bucket)
+        for entry in manifest.files:
+            self._call(
+                lambda entry=entry: self._download_file(bucket, source, entry, tmp),
+                bucket=source.bucket,
+                what=f"download {source.child(entry.path)}",
+            )
+
+    def _download_file(self, bucket: storage.Bucket, source: GCSURI, entry: FileEntry, tmp: Path) -> None:
+        dest = tmp / entry.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        bucket.blob(source.object_name(entry.path)).download_to_filename(
+            str(dest), checksum=None, retry=None, timeout=self.config.timeout_s
+        )
+        problem = verify_file(dest, entry)
+        if problem is not None:
+            raise CorruptArtifactError(
+                f"{source.child(entry.path)}: {problem} after download. Re-run the stage that writes {source}."
+            )
+
+
+def _deliver(folder: Path, local_dir: str | os.PathLike | None) -> Path:
+    return folder if local_dir is None else cache.copy_out(folder, local_dir)
+
+
+# Module-level shortcuts for one-off calls; stages use artifacts.py, which picks local or GCS.
+
+
+def upload_folder(local_dir: str | os.PathLike, gs_uri: str, config: GCSConfig | None = None) -> GCSURI:
+    """GCSStore(config).upload_folder(local_dir, gs_uri)."""
+    return GCSStore(config).upload_folder(local_dir, gs_uri)
+
+
+def download_folder(gs_uri: str, local_dir: str | os.PathLike | None = None, config: GCSConfig | None = None) -> Path:
+    """GCSStore(config).download_folder(gs_uri, local_dir)."""
+    return GCSStore(config).download_folder(gs_uri, local_dir)
+
+
+def exists(gs_uri: str, config: GCSConfig | None = None) -> bool:
+    """GCSStore(config).exists(gs_uri)."""
+    return GCSStore(config).exists(gs_uri)
+
+
+def list_prefix(gs_uri: str, config: GCSConfig | None = None) -> list[ObjectInfo]:
+    """GCSStore(config).list_prefix(gs_uri)."""
+    return GCSStore(config).list_prefix(gs_uri)

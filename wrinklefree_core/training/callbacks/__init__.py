@@ -1,0 +1,7 @@
+"""Training callbacks, one concern per file: resumable checkpoints, the NaN guard, throughput."""
+
+from wrinklefree_core.training.callbacks.checkpointing import ResumableCheckpoint
+from wrinklefree_core.training.callbacks.nan_guard import NaNGuard
+from wrinklefree_core.training.callbacks.throughput import Throughput
+
+__all__ = ["NaNGuard", "ResumableCheckpoint", "Throughput"]

@@ -1,0 +1,356 @@
+"""`run_train(cfg)`: the train / lrc / distill stage, read top to bottom as the whole experiment.
+
+    resolve out and the resumable state (OUT.state/, see run_state.py); resume or start fresh
+    student  <- BitNet checkpoint, or the source model converted in memory     (inputs.py)
+    trainable parameters per recipe; teacher if an objective needs one        (inputs.py)
+    data (mixture + held-out rows), train module, callbacks, MLflow logger, Trainer
+    trainer.fit(...)                                  (ckpt_path = last checkpoint on a resume)
+    final held-out perplexity; OUT <- BitNet checkpoint + stage.json; MLflow final metrics + artifact
+
+Design choices:
+- OUT is the final BitNet checkpoint folder, exactly like the convert stage's output, so the next
+  stage takes it as `model=OUT` (or `checkpoint=OUT`) and the exporter reads it directly. It is
+  written once, atomically, when training finishes; its stage.json carries `inputs.source_model`
+  forward, so every later stage finds the chain's full-precision teacher.
+- `training.resume=auto` continues from `OUT.state/checkpoints/last` when it exists: the student is
+  rebuilt from the checkpoint's model folder, and Lightning restores the rest from
+  trainer_state.pt (optimizer, scheduler, global step, callback states, data position; the train
+  module restores lambda warmup, ZClip, DLM generator and RNG). The config must match the one the
+  checkpoint was written with, except run-length and bookkeeping keys (`_MAY_CHANGE`); the inputs
+  (teacher, source model) and batch size recorded in run.json are reused. A run whose last
+  checkpoint is already at max_steps only re-writes OUT. `training.resume=never` deletes the state
+  and starts over.
+- Precision: `compute.precision=auto` is bf16-mixed on CUDA and fp32 ("32-true") on CPU. More
+  than one device uses `compute.strategy` (auto: DDP on one node, FSDP across nodes).
+- Validation during training and the final perplexity use at most VAL_MAX_TOKENS tokens per source
+  (the first held-out rows), so their cost does not grow with the corpus; `wrinklefree eval`
+  scores every held-out row.
+- Only global rank 0 touches the state folder, OUT and the tracking store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wrinklefree_core.config.compose import ConfigError
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
+from wrinklefree_core.objectives import ObjectiveManager
+from wrinklefree_core.stages.convert import StageResult
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.training.errors import ResumeError
+from wrinklefree_core.training.inputs import (
+    load_checkpoint_student,
+    load_student,
+    load_teacher,
+    prepare_trainable,
+    teacher_path,
+    trainable_count,
+)
+from wrinklefree_core.training.run_state import MODEL_DIR, TRAINER_STATE, RunState
+
+VAL_MAX_TOKENS = 1 << 17
+# Config keys a resumed run may change: run length and bookkeeping, never what is being trained.
+_MAY_CHANGE = (
+    "stage",
+    "out",
+    "tracking",
+    "compute",
+    "training.max_steps",
+    "training.resume",
+    "training.checkpoint_every",
+    "training.val_every",
+    "training.auto_batch_size",
+)
+
+
+def stage_name(cfg: RunConfig) -> str:
+    """The design's stage name for a recipe: lrc (LRC loss), distill (a KD loss), else train."""
+    objectives = cfg.training.objectives
+    if objectives.lrc.enabled:
+        return "lrc"
+    if objectives.logits_kd.enabled or objectives.attention_kd.enabled:
+        return "distill"
+    return "train"
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """Output folder used when `out=` is not given."""
+    return Path("outputs") / f"{cfg.model.name}-{cfg.training.name}"
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts, ignoring `_MAY_CHANGE`."""
+    a, b = _flatten(saved), _flatten(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return [k for k in keys if not any(k == p or k.startswith(p + ".") for p in _MAY_CHANGE)]
+
+
+def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, Any] | None:
+    """run.json of the checkpoint to resume from, or None to start fresh (module docstring)."""
+    if cfg.training.resume == "never":
+        if is_zero:
+            state.clear()
+        return None
+    if is_zero:
+        state.recover()
+    if not state.has_checkpoint():
+        return None
+    meta = state.read_meta()
+    diff = config_differences(meta["config"], cfg.model_dump(mode="json"))
+    if diff:
+        shown = ", ".join(f"{k} (checkpoint: {_flatten(meta['config']).get(k)!r})" for k in diff[:8])
+        raise ResumeError(
+            f"{state.last} was written by a run with a different config: {shown}. Re-run with the same settings to "
+            "continue it, pass training.resume=never to start over (deletes it), or choose another out="
+        )
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def trainer_settings(cfg: RunConfig) -> dict[str, Any]:
+    """accelerator, devices, num_nodes, precision and strategy for Lightning's Trainer."""
+    cuda = torch.cuda.is_available()
+    if cfg.compute.device == "cuda" and not cuda:
+        raise ConfigError("compute.device=cuda but no CUDA device is available; use compute.device=auto or cpu")
+    use_cuda = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and cuda)
+    precision = cfg.compute.precision if cfg.compute.precision != "auto" else ("bf16-mixed" if use_cuda else "32-true")
+    devices = torch.cuda.device_count() if use_cuda else 1
+    strategy = "auto"
+    if devices * cfg.compute.num_nodes > 1:
+        auto = "fsdp" if cfg.compute.num_nodes > 1 else "ddp"
+        strategy = auto if cfg.compute.strategy == "auto" else cfg.compute.strategy
+    return {
+        "accelerator": "gpu" if use_cuda else "cpu",
+        "devices": devices,
+        "num_nodes": cfg.compute.num_nodes,
+        "precision": precision,
+        "strategy": strategy,
+    }
+
+
+def _progress_bar():
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class StepProgressBar(base):
+        """Shows steps out of max_steps (the training stream is endless, so there is no epoch length)."""
+
+        @property
+        def total_train_batches(self) -> int:
+            return self.trainer.max_steps
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return "train"
+
+    return StepProgressBar()
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _use_sdpa(model: torch.nn.Module) -> None:
+    # Eager attention (the loaders' default) keeps CPU numbers reproducible; on GPU, SDPA is much faster.
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is not None:
+        setter("sdpa")
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def run_train(cfg: RunConfig) -> StageResult:
+    """Train the student `cfg` describes with its recipe; write the BitNet checkpoint to `cfg.out`."""
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from wrinklefree_core.training.batch_size import find_batch_size
+    from wrinklefree_core.training.callbacks import NaNGuard, ResumableCheckpoint, Throughput
+    from wrinklefree_core.training.datamodule import BitNetDataModule
+    from wrinklefree_core.training.evaluate import evaluate_perplexity
+    from wrinklefree_core.training.module import BitNetTrainModule
+    from wrinklefree_core.training.tracking import build_logger, log_config, log_final
+
+    started = time.perf_counter()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if str(out).startswith("gs://"):
+        raise ValueError("train writes to a local folder; gs:// outputs arrive with the storage layer")
+    if out.exists() and not (is_bitnet_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise FileExistsError(f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out=")
+    is_zero = rank_zero_only.rank == 0
+    _quiet()
+    settings = trainer_settings(cfg)
+    state = RunState(out)
+    resume = _resume_meta(cfg, state, is_zero)
+    seed_everything(cfg.seed, workers=False, verbose=False)
+
+    # Student, trainable parameters, objectives, teacher.
+    if resume is not None:
+        student = load_checkpoint_student(state.last / MODEL_DIR)
+        student.inputs = dict(resume["inputs"])
+    else:
+        student = load_student(cfg)
+    student = prepare_trainable(student, cfg.training, cfg.seed)
+    tokenizer = student.tokenizer
+    objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=tokenizer.mask_token_id)
+    teacher = None
+    if objectives.needs_teacher:
+        path = Path(student.inputs["teacher"]) if resume is not None else teacher_path(cfg, student.inputs)
+        student.inputs["teacher"] = str(path)
+        teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
+    if settings["accelerator"] == "gpu":
+        for model in (student.model, teacher):
+            if model is not None:
+                _use_sdpa(model)
+
+    # Data and the train module.
+    seq_len = cfg.training.seq_len
+    batch_size = int(resume["batch_size"]) if resume is not None else cfg.training.batch_size
+    datamodule = BitNetDataModule(
+        cfg.data, tokenizer, seq_len, batch_size, cfg.training.grad_accumulation, val_max_sequences=max(1, VAL_MAX_TOKENS // seq_len)
+    )
+    datamodule.setup("fit")
+    module = BitNetTrainModule(
+        student.model,
+        cfg.training,
+        objectives,
+        teacher,
+        seed=cfg.seed,
+        val_names=datamodule.source_names,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if cfg.training.auto_batch_size and resume is None:
+        batch_size = find_batch_size(module, seq_len, batch_size, bf16=settings["precision"] == "bf16-mixed")
+        datamodule.batch_size = batch_size
+        print(f"auto_batch_size: {batch_size} sequences per micro-batch", flush=True)
+
+    # Tracking and callbacks.
+    stage = stage_name(cfg)
+    config = cfg.model_dump(mode="json")
+    trainable, total = trainable_count(student.model)
+    logger = build_logger(
+        cfg,
+        run_name=f"{stage}-{cfg.model.name}-{cfg.training.name}",
+        tags={"stage": stage, "recipe": cfg.training.name, "model": cfg.model.name, "out": str(out)},
+        run_id=resume.get("mlflow_run_id") if resume is not None else None,
+    )
+    if resume is None:
+        log_config(logger, config, {"resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
+    throughput = Throughput(seq_len)
+
+    def write_model(folder: Path) -> None:
+        save_bitnet_checkpoint(student.model, folder, student.settings, tokenizer=tokenizer)
+
+    def meta() -> dict[str, Any]:
+        return {
+            "stage": stage,
+            "config": config,
+            "inputs": student.inputs,
+            "mlflow_run_id": logger.run_id,
+            "batch_size": batch_size,
+            "last_metrics": _last_step_metrics(module),
+        }
+
+    checkpoint = ResumableCheckpoint(
+        state, cfg.training.checkpoint_every, write_model, meta, last_step=resume["step"] if resume is not None else None
+    )
+    trainer = Trainer(
+        **settings,
+        max_steps=cfg.training.max_steps,
+        max_epochs=-1,
+        logger=logger,
+        callbacks=[throughput, NaNGuard(checkpoint.last_good), checkpoint, _progress_bar()],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=cfg.training.val_every,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=1,
+        default_root_dir=str(state.root),
+    )
+    ckpt_path = str(state.last / TRAINER_STATE) if resume is not None else None
+    fit_started = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+    finally:
+        qk_clip = getattr(trainer.optimizers[0], "qk_clip", None) if trainer.optimizers else None
+        if qk_clip is not None:
+            qk_clip.remove()
+    fit_seconds = time.perf_counter() - fit_started
+    if not trainer.is_global_zero:
+        return StageResult(out=out, metrics={})
+
+    # Final numbers, the output checkpoint, tracking.
+    device = torch.device("cuda") if settings["accelerator"] == "gpu" else torch.device("cpu")
+    student.model.to(device)
+    val = evaluate_perplexity(student.model, datamodule.val_sets, batch_size=batch_size, eos_token_id=tokenizer.eos_token_id)
+    metrics = _last_step_metrics(module) or dict((resume or {}).get("last_metrics") or {})
+    metrics.update(_val_metrics(val))
+    metrics.update(
+        {
+            "step": float(trainer.global_step),
+            "tokens": float(throughput.tokens),
+            "seconds": time.perf_counter() - started,
+            "train_seconds": fit_seconds,
+            "batch_size": float(batch_size),
+            "trainable_params": float(trainable),
+            "total_params": float(total),
+            "quant_lambda": float(module.warmup.value),
+        }
+    )
+    manifest = build_manifest(stage, config, student.inputs, metrics)
+    student.model.cpu()
+    save_bitnet_checkpoint(
+        student.model, out, student.settings, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)}
+    )
+    log_final(logger, metrics, trainer.global_step, [out / MANIFEST_NAME])
+    return StageResult(out=out, metrics=metrics)
+
+
+def _last_step_metrics(module) -> dict[str, float]:
+    """Loss and its parts at the last step this process ran (empty before the first step)."""
+    if module.last_loss is None:
+        return {}
+    metrics = {"loss": float(module.last_loss)}
+    metrics.update({name: float(v) for name, v in module.last_parts.items()})
+    return metrics
+
+
+def _val_metrics(val: dict[str, dict[str, float]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, r in val.items():
+        metrics[f"val/{name}/loss"] = r["loss"]
+        metrics[f"val/{name}/ppl"] = r["perplexity"]
+    tokens = sum(r["tokens"] for r in val.values())
+    loss = sum(r["loss"] * r["tokens"] for r in val.values()) / max(tokens, 1.0)
+    metrics["val/loss"] = loss
+    metrics["val/ppl"] = float(torch.tensor(loss).clamp(max=700).exp())
+    return metrics
+

@@ -43,6 +43,16 @@ Design choices:
   of one decode step (a few tens of microseconds) is the same for every file. `decode GB/s` is file
   size x decode tok/s: the rate at which one decode step streams the weights (every weight is read
   once per token), to compare with what the machine's memory delivers.
+- After the table, `kernel_rates` times ggml's dot-product kernels on one core with operands in
+  cache, and the script prints how much of a measured decode step that weight arithmetic explains:
+  the rest is waiting for memory plus the per-token work that does not shrink with the weights
+  (graph build, per-op thread barriers, activation quantization, norms, attention, the F16 output
+  head that every file shares). That is what decides how far the file-size ratio carries over to
+  the speed ratio.
+- On a small shared CPU every llama.cpp op ends in a barrier across its threads, and a thread that
+  another process preempts stalls all of them for a scheduler slice: with 2 threads on 2 busy cores
+  the per-token time can grow tenfold. `--threads 1` has no barriers and gives steadier numbers there;
+  `decode min-max` shows how much the rounds spread.
 """
 
 from __future__ import annotations
@@ -293,26 +303,21 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # ---------------------------------------------------------------------------------------------- diagnostics
 
 
-def kernel_rates(threads: int) -> dict[str, float]:
-    """Per-core throughput of the dot-product kernels a decode step runs, in Gweights/s, and the
-    machine's memory read bandwidth in GB/s: the two numbers that bound the decode ratio.
+def kernel_rates() -> dict[str, float]:
+    """One core's throughput of the dot-product kernels a decode step runs, in Gweights/s.
 
     The kernels are ggml's own (`ggml_vec_dot_{tq2_0,tq1_0}_q8_K`, `ggml_vec_dot_f16` from the
     libggml-cpu that llama-cpp-python loads), called through ctypes on one long row whose operands
     fit in L2 (<= 0.8 MB), so they measure arithmetic, not memory. The best of many calls is kept
     (other processes only ever slow a call down) at several row lengths, and the rate is the slope
     of time over length, so the ctypes call cost (microseconds, as long as the longest row takes
-    for TQ2_0) drops out.
-    Bandwidth: numpy summing 400 MB of float64, on one thread and on `threads` threads.
-    Returns {} when the library does not export the kernels.
+    for TQ2_0) drops out. Returns {} when the library does not export the kernels.
     """
     import ctypes
-    from concurrent.futures import ThreadPoolExecutor
 
     import gguf
     import llama_cpp
 
-    rates: dict[str, float] = {}
     try:
         lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
         kernels = {"TQ2_0": lib.ggml_vec_dot_tq2_0_q8_K, "TQ1_0": lib.ggml_vec_dot_tq1_0_q8_K,
@@ -320,7 +325,7 @@ def kernel_rates(threads: int) -> dict[str, float]:
         quantize_q8_k = lib.quantize_row_q8_K
         lib.ggml_cpu_init()  # fills the fp16 conversion tables the kernels read
     except (OSError, AttributeError):
-        return rates
+        return {}
     vp, size_t = ctypes.c_void_p, ctypes.c_size_t
     for fn in kernels.values():
         fn.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_float), size_t, vp, size_t, vp, size_t, ctypes.c_int]
@@ -348,23 +353,12 @@ def kernel_rates(threads: int) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return min(times)
 
+    rates: dict[str, float] = {}
     lengths = np.array([n // 8, n // 4, n // 2, 3 * n // 4, n])
     for name, fn in kernels.items():
         a, b = operands[name]
         times = np.array([best(fn, a, b, int(length)) for length in lengths])
-        rates[name] = 1 / np.polyfit(lengths, times, 1)[0] / 1e9
-
-    big = np.ones(50_000_000)  # 400 MB, far beyond the L3
-    big.sum()
-    for k in sorted({1, threads}):
-        parts = np.array_split(big, k)
-        with ThreadPoolExecutor(k) as pool:  # numpy's reductions release the GIL
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                list(pool.map(np.sum, parts))
-                times.append(time.perf_counter() - t0)
-        rates[f"mem_{k}"] = big.nbytes / min(times) / 1e9
+        rates[name] = float(1 / np.polyfit(lengths, times, 1)[0] / 1e9)
     return rates
 
 
@@ -406,7 +400,6 @@ def main() -> None:
     load_start = os.getloadavg()
     system_info = llama_cpp.llama_print_system_info().decode().strip()
     split = shape.param_split()
-    total = sum(split.values())
     print(f"# {platform.machine()} CPU, {os.cpu_count()} cores, llama.cpp threads={threads}, "
           f"llama-cpp-python {llama_cpp.__version__}")
     print(f"# llama.cpp system_info: {system_info}")
@@ -433,11 +426,12 @@ def main() -> None:
 
     from gguf import GGUFReader
 
-    n_vocab = GGUFReader(f16_path).get_field("tokenizer.ggml.tokens").contents()
-    split["embedding"] = len(n_vocab) * shape.hidden
+    # The trained BPE can stop short of the requested size on a small corpus: count what was written.
+    n_vocab = len(GGUFReader(f16_path).get_field("tokenizer.ggml.tokens").contents())
+    split["embedding"] = n_vocab * shape.hidden
     total = sum(split.values())
     print(f"# params: {total / 1e6:.1f}M = ternary {split['ternary'] / 1e6:.1f}M ({split['ternary'] / total:.1%}) "
-          f"+ embedding (tied, {len(n_vocab)} tokens) {split['embedding'] / 1e6:.1f}M "
+          f"+ embedding (tied, {n_vocab} tokens) {split['embedding'] / 1e6:.1f}M "
           f"({split['embedding'] / total:.1%}) + norms {split['norms'] / 1e3:.0f}k")
     print(f"# checkpoint {checkpoint} ({'built' if built else 'cached, loaded'} in {t_build:.0f}s); "
           f"exports {t_export:.0f}s; F16 rewrite {t_f16:.0f}s ({counts})")
@@ -475,6 +469,8 @@ def main() -> None:
             generated[name].append(toks)
         loads.append(os.getloadavg()[0])
     t_bench = time.perf_counter() - t_bench
+    for llm in llms.values():
+        llm.close()
 
     sizes = {name: path.stat().st_size for name, path in files.items()}
     decode_tps = {name: n_gen / statistics.median(ts) for name, ts in decode_s.items()}
@@ -511,6 +507,20 @@ def main() -> None:
               f"{'same model' if verdict else 'MISMATCH'}")
     for name, gap in ternary_gap.items():
         print(f"# {name} vs TQ2_0 prompt logits (both Q8_K activations): max abs difference {gap:.2e}")
+
+    # Where a decode step's time goes: the weight arithmetic at the kernels' in-cache rates (as if
+    # `threads` cores scaled perfectly) vs the measured time; the rest is waiting for memory and
+    # the per-token work that does not shrink with the weights.
+    rates = kernel_rates()
+    if rates:
+        print(f"# ggml dot kernels, one core, operands in L2: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + " Gweights/s")
+        parts = []
+        for name in names:
+            ternary_rate = rates["F16"] if name == "F16" else rates[name]
+            arithmetic = split["ternary"] / ternary_rate + split["embedding"] / rates["F16"]  # head: F16 in every file
+            parts.append(f"{name} {1e3 / decode_tps[name]:.2f} ms (weight arithmetic {arithmetic / threads / 1e6:.2f} ms)")
+        print(f"# per decoded token, measured (arithmetic at {threads}x one core): " + ", ".join(parts))
 
     tq2 = "TQ2_0"
     speed, size = decode_tps[tq2] / decode_tps["F16"], sizes[tq2] / sizes["F16"]

@@ -103,6 +103,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     result = run_train(cfg)
+    if not result.metrics:  # a non-zero rank of a multi-device run: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
     else:

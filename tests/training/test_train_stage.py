@@ -26,7 +26,8 @@ RECIPES = {
     # Lambda warmup off so the CE curve compares equally quantized models from the first step.
     "unified": ["training.optimizer.lr=3e-3", "training.lambda_warmup.steps=0"],
     "lrc_calibration": ["training.optimizer.lr=3e-3"],
-    "bitdistill_full": ["training.optimizer.lr=3e-3"],
+    # Also runs Lightning's validation loop during training (once, at the last step, to stay cheap).
+    "bitdistill_full": ["training.optimizer.lr=3e-3", f"training.val_every={STEPS}"],
 }
 
 
@@ -60,15 +61,19 @@ def test_unified_lowers_ce_and_dlm(trained):
 
 
 def test_unified_recovers_held_out_perplexity(trained, converted_dir):
+    """The same held-out rows, scored before (the untrained conversion) and after the stage."""
     from wrinklefree_core.data.datamodule_core import build_datasets
     from wrinklefree_core.training.evaluate import evaluate_perplexity
 
-    out, metrics = trained["unified"]
-    model, tokenizer, _ = load_for_eval(converted_dir)
-    cfg = compose("train", SMALL)
-    _, val = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
-    before = evaluate_perplexity(model, val, batch_size=16, eos_token_id=tokenizer.eos_token_id)["shakespeare"]["perplexity"]
-    assert metrics["val/shakespeare/ppl"] < 0.8 * before, (before, metrics["val/shakespeare/ppl"])
+    out, _ = trained["unified"]
+    ppl = {}
+    for name, folder in (("before", converted_dir), ("after", out)):
+        model, tokenizer, kind = load_for_eval(folder)
+        assert kind == "bitnet"
+        cfg = compose("train", SMALL)
+        _, val = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
+        ppl[name] = evaluate_perplexity(model, val, batch_size=32, eos_token_id=tokenizer.eos_token_id)["shakespeare"]["perplexity"]
+    assert ppl["after"] < 0.8 * ppl["before"], ppl
 
 
 def test_lrc_calibration_trains_only_adapters_and_lowers_hidden_mse(trained):
@@ -121,7 +126,9 @@ def test_one_mlflow_run_with_params_metrics_and_stage_json(trained):
     assert steps == list(range(1, STEPS + 1))
     for key in ("train/logits_kd", "train/attention_kd", "grad/norm", "quant/lambda", "throughput/tokens_per_s", "lr/adamw_decay"):
         assert len(history(out, key)) == STEPS, key
+    assert [s for s, _ in history(out, "val/shakespeare/ppl")] == [STEPS]
     assert run.data.metrics["final/val/ppl"] == pytest.approx(metrics["val/ppl"])
+    assert dict(history(out, "val/ppl"))[STEPS] == pytest.approx(metrics["val/ppl"], rel=1e-5)
     artifacts = [a.path for a in mlflow_client().list_artifacts(run.info.run_id)]
     assert "stage.json" in artifacts
     local = Path(mlflow_client().download_artifacts(run.info.run_id, "stage.json"))

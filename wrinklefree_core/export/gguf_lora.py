@@ -25,6 +25,8 @@ Design choices:
   multiplies an F16 matrix with the activation rounded to F16 (its vec_dot_type), so an F16 adapter
   also rounds h and the rank-r intermediate; llamacpp_reference models both. F16 refuses factors
   beyond fp16's range; any non-finite factor is refused for either type.
+- On a Q4_0 base llama.cpp's CPU backend repacks the weights into its CPU_REPACK buffer and warns
+  that each LoRA pair falls back to the plain CPU buffer; expected and harmless (verified numbers).
 - The adapter type is a keyword argument; ExportConfig has no field for it yet, so a `lora_type`
   attribute on the config is honoured when present (export.lora_type once the config defines it).
 """
@@ -110,10 +112,6 @@ class LoraLayout:
     arch: str
     alpha: float
     specs: list[LoraSpec] = field(default_factory=list)
-
-    def scale(self, rank: int) -> float:
-        """The factor llama.cpp applies to B A for a pair of this rank at adapter scale 1."""
-        return self.alpha / rank if self.alpha else 1.0
 
     def by_tensor_name(self) -> dict[str, tuple[LoraSpec, str]]:
         """Adapter tensor name -> (spec, "a" or "b")."""
@@ -254,10 +252,11 @@ def write_lora_gguf(
             (out, lambda tmp: _write_adapter(tmp, plan, encoded, prep.name)),
         ]
     )
+    by_name = dict(encoded)
     records = []
     for spec in plan.specs:
         for tensor_name, hf_name in ((spec.a_name, f"{spec.module}.lrc_V"), (spec.b_name, f"{spec.module}.lrc_U")):
-            enc = dict(encoded)[tensor_name]
+            enc = by_name[tensor_name]
             records.append(TensorRecord(hf_name, tensor_name, enc.ggml_type.name, enc.shape, enc.nbytes))
     return LoraExportReport(
         path=out,
@@ -277,7 +276,7 @@ def format_lora_report(report: LoraExportReport) -> str:
     rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     ranks = sorted(set(report.ranks.values()))
-    scale_rule = "scale alpha/rank = 1 for every pair" if report.alpha else "alpha 0: llama.cpp applies each pair at the adapter scale (1)"
+    scale_rule = "alpha/rank = 1 for every pair" if report.alpha else "llama.cpp applies each pair at the adapter scale (1)"
     lines = [
         f"LoRA adapter GGUF: {report.path} (arch {report.arch}, {report.adapter_type}, {len(report.ranks)} LRC "
         f"adapters, ranks {ranks}, alpha {report.alpha:g}: {scale_rule})"

@@ -88,12 +88,16 @@ class VerificationError(RuntimeError):
 
 
 class _LoadFailed(Exception):
-    """llama.cpp could not load or run the file(s); `failures` are the checks that failed before."""
+    """llama.cpp could not load or run the file(s), or (`attempted` False) they were not fit to try;
+    `failures` are the checks that failed before, `extra` the json entries gathered so far."""
 
-    def __init__(self, message: str, failures: list[str] | None = None, extra: dict[str, Any] | None = None):
+    def __init__(
+        self, message: str, failures: list[str] | None = None, extra: dict[str, Any] | None = None, attempted: bool = True
+    ):
         super().__init__(message)
         self.failures = failures or []
         self.extra = extra or {}
+        self.attempted = attempted
 
 
 def compare_logits(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
@@ -238,7 +242,8 @@ def check_lora_file(
         f = reader.fields.get(key)
         return None if f is None else f.contents()
 
-    for key, want in ((Keys.General.TYPE, GGUFType.ADAPTER), (Keys.Adapter.TYPE, "lora"), (Keys.General.ARCHITECTURE, plan.arch)):
+    required = ((Keys.General.TYPE, GGUFType.ADAPTER), (Keys.Adapter.TYPE, "lora"), (Keys.General.ARCHITECTURE, plan.arch))
+    for key, want in required:
         if field(key) != want:
             failures.append(f"the LoRA adapter has {key} = {field(key)!r}, llama.cpp needs {want!r}")
     names = plan.by_tensor_name()
@@ -327,7 +332,7 @@ def _run_checks(
         summary, failures, lora = check_lora_file(lora_path, plan, model)
         extra["adapter"] = summary
         if lora is None:
-            raise _LoadFailed("the LoRA adapter does not fit the checkpoint", failures, extra)
+            raise _LoadFailed("the LoRA adapter does not fit the checkpoint", failures, extra, attempted=False)
     try:
         ll_ids, got = _run_llama(gguf_path, lora_path, hf_ids, cfg.verify_prompt, failures)
     except _LoadFailed as e:
@@ -403,11 +408,11 @@ def verify_gguf(
         ) from e
     except _LoadFailed as e:
         what = "the files" if lora is not None else "the file"
-        result = {**base, "passed": False, "failures": [*e.failures, f"llama.cpp could not run {what}: {e}"], **e.extra}
+        failures = [*e.failures, f"llama.cpp could not run {what}: {e}"] if e.attempted else e.failures
+        result = {**base, "passed": False, "failures": failures, **e.extra}
         _write_json(json_file, result)
-        raise VerificationError(
-            f"{gguf_path}: llama.cpp could not run {what} ({'; '.join(result['failures'])}). Details in {json_file}."
-        ) from e
+        headline = f"llama.cpp could not run {what}" if e.attempted else str(e)
+        raise VerificationError(f"{gguf_path}: {headline} ({'; '.join(failures)}). Details in {json_file}.") from e
     _write_json(json_file, result)
     if not result["passed"]:
         raise VerificationError(f"{gguf_path} failed verification: {'; '.join(result['failures'])}. Details in {json_file}.")

@@ -32,8 +32,10 @@ Design choices:
   ZClip, the DLM generator and the global RNG states (torch, CUDA, numpy, python). The RNG states
   are restored at the start of the first batch after a resume, after Lightning has finished its
   own setup, so the stream a step sees matches the uninterrupted run.
-- Metrics are logged at step = completed optimizer steps (1-based), so the MLflow x-axis equals the
-  step count checkpoints and errors name.
+- Metrics go straight to the loggers at step = completed optimizer steps (1-based), the step count
+  checkpoints and errors name, and before the step's checkpoint is written (Lightning's `self.log`
+  would flush them only after `on_train_batch_end`, so a crash right after a checkpoint would lose
+  that step's metrics). `self.log` only feeds the progress bar.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def log_to_loggers(trainer, metrics: dict[str, float]) -> None:
+    """Send `metrics` to every logger now, at step = completed optimizer steps (see the module docstring)."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
 
 
 def _split(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
@@ -229,10 +237,10 @@ class BitNetTrainModule(LightningModule):
         return contextlib.nullcontext() if last_micro_batch or block is None else block()
 
     def _log_step(self, total, parts, weighted, weights, lam, optimizer, rows: int) -> None:
-        metrics: dict[str, Any] = {"train/loss": total, "quant/lambda": lam}
+        metrics: dict[str, float] = {"train/loss": float(total), "quant/lambda": lam}
         for name, value in parts.items():
-            metrics[f"train/{name}"] = value
-            metrics[f"train/{name}_weighted"] = weighted[name]
+            metrics[f"train/{name}"] = float(value)
+            metrics[f"train/{name}_weighted"] = float(weighted[name])
         metrics.update({f"weight/{name}": w for name, w in weights.items()})
         for group in optimizer.param_groups:
             metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
@@ -241,10 +249,8 @@ class BitNetTrainModule(LightningModule):
         metrics["grad/z"] = self._clip_stats["z"]
         qk = getattr(optimizer.optimizer, "last_qk_clip", None)
         metrics.update({f"qk_clip/{k}": v for k, v in (qk or {}).items()})
-        metrics["step"] = float(self.global_step)  # Lightning uses this as the logger's x-axis
-        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=rows)
-        metrics.pop("train/loss")
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=rows)
+        log_to_loggers(self.trainer, metrics)
+        self.log("loss", total, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=rows)
 
     # ------------------------------------------------------------------------------- validation
 
@@ -265,8 +271,8 @@ class BitNetTrainModule(LightningModule):
             metrics[f"val/{name}/loss"] = loss
             metrics[f"val/{name}/ppl"] = math.exp(min(loss, 700.0))
         loss = float(sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1))
-        metrics.update({"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "step": float(self.global_step)})
-        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        metrics.update({"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0))})
+        log_to_loggers(self.trainer, metrics)
 
     # ------------------------------------------------------------------------------- checkpoint
 

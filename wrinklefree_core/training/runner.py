@@ -21,16 +21,21 @@ Design choices:
   checkpoint is already at max_steps only re-writes OUT. `training.resume=never` deletes the state
   and starts over.
 - Precision: `compute.precision=auto` is bf16-mixed on CUDA and fp32 ("32-true") on CPU. More
-  than one device uses `compute.strategy` (auto: DDP on one node, FSDP across nodes).
-- Validation during training and the final perplexity use at most VAL_MAX_TOKENS tokens per source
-  (the first held-out rows), so their cost does not grow with the corpus; `wrinklefree eval`
-  scores every held-out row.
+  than one device uses `compute.strategy` (auto: DDP on one node, FSDP across nodes). Only the
+  single-device path is exercised by the tests; ZClip's norm and the model-folder checkpoint
+  assume every rank holds full parameters (true under DDP), so FSDP still needs a sharded-norm
+  all-reduce and a full-state-dict gather before it can be relied on.
+- Validation during training and the final perplexity use the first held-out rows of each source:
+  as many as VAL_STEPS training steps consume, at most VAL_MAX_TOKENS tokens. A validation then
+  costs about as much as a few training steps (forward only), whatever the corpus or model size;
+  `wrinklefree eval` scores every held-out row.
 - Only global rank 0 touches the state folder, OUT and the tracking store.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -55,6 +60,7 @@ from wrinklefree_core.training.inputs import (
 )
 from wrinklefree_core.training.run_state import MODEL_DIR, TRAINER_STATE, RunState
 
+VAL_STEPS = 16
 VAL_MAX_TOKENS = 1 << 17
 # Config keys a resumed run may change: run length and bookkeeping, never what is being trained.
 _MAY_CHANGE = (
@@ -62,6 +68,8 @@ _MAY_CHANGE = (
     "out",
     "tracking",
     "compute",
+    "export",
+    "gcs",
     "training.max_steps",
     "training.resume",
     "training.checkpoint_every",
@@ -183,6 +191,30 @@ def _use_sdpa(model: torch.nn.Module) -> None:
         setter("sdpa")
 
 
+def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, settings: dict[str, Any]):
+    """(student with its trainable parameters set, ObjectiveManager, frozen teacher or None)."""
+    if resume is not None:
+        student = load_checkpoint_student(state.last / MODEL_DIR)
+        student.inputs = dict(resume["inputs"])
+    else:
+        student = load_student(cfg)
+    student = prepare_trainable(student, cfg.training, cfg.seed)
+    try:
+        objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=student.tokenizer.mask_token_id)
+    except ValueError as exc:  # e.g. DLM without a mask token: a config the user has to change
+        raise ConfigError(f"training={cfg.training.name}: {exc}") from None
+    teacher = None
+    if objectives.needs_teacher:
+        path = Path(student.inputs["teacher"]) if resume is not None else teacher_path(cfg, student.inputs)
+        student.inputs["teacher"] = str(path)
+        teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
+    if settings["accelerator"] == "gpu":
+        for model in (student.model, teacher):
+            if model is not None:
+                _use_sdpa(model)
+    return student, objectives, teacher
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -211,31 +243,15 @@ def run_train(cfg: RunConfig) -> StageResult:
     resume = _resume_meta(cfg, state, is_zero)
     seed_everything(cfg.seed, workers=False, verbose=False)
 
-    # Student, trainable parameters, objectives, teacher.
-    if resume is not None:
-        student = load_checkpoint_student(state.last / MODEL_DIR)
-        student.inputs = dict(resume["inputs"])
-    else:
-        student = load_student(cfg)
-    student = prepare_trainable(student, cfg.training, cfg.seed)
+    student, objectives, teacher = _models(cfg, state, resume, settings)
     tokenizer = student.tokenizer
-    objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=tokenizer.mask_token_id)
-    teacher = None
-    if objectives.needs_teacher:
-        path = Path(student.inputs["teacher"]) if resume is not None else teacher_path(cfg, student.inputs)
-        student.inputs["teacher"] = str(path)
-        teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
-    if settings["accelerator"] == "gpu":
-        for model in (student.model, teacher):
-            if model is not None:
-                _use_sdpa(model)
 
     # Data and the train module.
     seq_len = cfg.training.seq_len
     batch_size = int(resume["batch_size"]) if resume is not None else cfg.training.batch_size
-    datamodule = BitNetDataModule(
-        cfg.data, tokenizer, seq_len, batch_size, cfg.training.grad_accumulation, val_max_sequences=max(1, VAL_MAX_TOKENS // seq_len)
-    )
+    rows_per_step = batch_size * cfg.training.grad_accumulation
+    val_rows = max(1, min(VAL_STEPS * rows_per_step, VAL_MAX_TOKENS // seq_len))
+    datamodule = BitNetDataModule(cfg.data, tokenizer, seq_len, batch_size, cfg.training.grad_accumulation, val_max_sequences=val_rows)
     datamodule.setup("fit")
     module = BitNetTrainModule(
         student.model,
@@ -304,6 +320,12 @@ def run_train(cfg: RunConfig) -> StageResult:
         if qk_clip is not None:
             qk_clip.remove()
     fit_seconds = time.perf_counter() - fit_started
+    if trainer.global_step < cfg.training.max_steps:
+        # Only a stop request can end fit early (errors propagate); a partial model is not this stage's output.
+        raise RuntimeError(
+            f"training stopped at step {trainer.global_step} of {cfg.training.max_steps}; {out} was not written. "
+            f"Re-run the same command to continue from {state.last}."
+        )
     if not trainer.is_global_zero:
         return StageResult(out=out, metrics={})
 
@@ -351,6 +373,6 @@ def _val_metrics(val: dict[str, dict[str, float]]) -> dict[str, float]:
     tokens = sum(r["tokens"] for r in val.values())
     loss = sum(r["loss"] * r["tokens"] for r in val.values()) / max(tokens, 1.0)
     metrics["val/loss"] = loss
-    metrics["val/ppl"] = float(torch.tensor(loss).clamp(max=700).exp())
+    metrics["val/ppl"] = math.exp(min(loss, 700.0))
     return metrics
 

@@ -38,7 +38,9 @@ class Throughput(Callback):
         metrics = {"throughput/tokens": float(self.tokens)}
         if elapsed > 0:
             metrics["throughput/tokens_per_s"] = step_tokens / elapsed
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        # Straight to the loggers, before the checkpoint callback (listed after this one) saves the step.
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens}

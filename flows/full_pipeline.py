@@ -1,0 +1,129 @@
+"""The `full-pipeline` flow: convert -> train (unified) -> lrc -> distill -> export, then one eval table.
+
+    MLflow parent run  "full-pipeline-<model>"          (params = PipelineParams, eval table + metrics)
+      convert  -> <out_root>/convert/<key>              each a Prefect task run + nested MLflow run
+      train    -> <out_root>/train/<key>                (cached: reused when config and input match)
+      lrc      -> <out_root>/lrc/<key>
+      distill  -> <out_root>/distill/<key>
+      export   -> <out_root>/export/<key>/<model>.gguf
+    eval: teacher, naive conversion, train, lrc, distill (PyTorch), export (llama.cpp), same rows
+
+Design choices:
+- Stages run one after another: each consumes the previous output, and on a small machine a
+  second concurrent stage would only slow the first.
+- A stage that cannot run (a missing recipe, a failed verification) fails the flow with its own
+  error; nothing is skipped. Parameter validation composes every stage's config up front.
+- The parent MLflow run is closed FAILED when anything raises, so the MLflow UI shows failed
+  pipelines as such. Cached stages keep their original MLflow runs (nested under the pipeline run
+  that computed them); the parent records each stage's run id and whether it was a cache hit.
+- `<out_root>/pipeline.json` (local roots) records the latest run's stage outputs, so scripts and
+  UI reruns of single stages find the upstream URIs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.params import PipelineParams
+from flows.report import publish, table_rows
+from tasks import mlflow_runs
+from tasks.eval_task import call_eval
+from tasks.stage_plan import STAGES, normalize_root
+from tasks.stage_task import call_stage
+
+# Row labels of the eval table; also MLflow metric names (eval/<label>/ppl), hence no spaces or brackets.
+EVAL_LABELS = {"convert": "naive-conversion", "train": "train-unified", "lrc": "lrc", "distill": "distill", "export": "export-gguf"}
+
+
+def teacher_uri(convert_result: dict[str, Any]) -> str | None:
+    """The full-precision source model the conversion started from (its stage.json `source_model`)."""
+    folder = Path(convert_result["folder"])
+    if not (folder / "stage.json").is_file():
+        return None
+    from wrinklefree_core.stages.manifest import read_manifest
+
+    return read_manifest(folder).inputs.get("source_model")
+
+
+def run_stages(params: PipelineParams, parent_run_id: str | None) -> dict[str, dict[str, Any]]:
+    """Every stage in order, each reading the previous one's output; returns stage -> result (with `cached`)."""
+    client = mlflow_runs.client(params.tracking_uri) if parent_run_id else None
+    results: dict[str, dict[str, Any]] = {}
+    upstream: str | None = None
+    for stage in STAGES:
+        result, cached = call_stage(stage, params.overrides_for(stage), upstream, parent_run_id, params.out_root, params.refresh)
+        result["cached"] = cached
+        results[stage] = result
+        upstream = result["uri"]
+        print(f"{stage}: {'cache hit' if cached else 'ran'} -> {upstream}")
+        if client is not None:
+            client.set_tag(parent_run_id, f"stage.{stage}.mlflow_run_id", result["mlflow_run_id"])
+            client.set_tag(parent_run_id, f"stage.{stage}.cached", str(cached).lower())
+            client.set_tag(parent_run_id, f"stage.{stage}.uri", result["uri"])
+    return results
+
+
+def run_evals(params: PipelineParams, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Held-out perplexity of the teacher and of every stage output, on the same rows."""
+    targets: list[tuple[str, str]] = []
+    teacher = teacher_uri(results["convert"])
+    if teacher:
+        targets.append(("teacher", teacher))
+    targets += [(EVAL_LABELS[stage], results[stage]["uri"]) for stage in STAGES]
+    overrides = params.overrides_for("eval")
+    return [call_eval(label, uri, overrides, params.eval_rows, params.refresh) for label, uri in targets]
+
+
+def _write_summary(out_root: str, summary: dict[str, Any]) -> None:
+    if out_root.startswith("gs://"):
+        return
+    path = Path(out_root) / "pipeline.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".pipeline.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_pipeline(params: PipelineParams) -> dict[str, Any]:
+    """The flow body (also what nightly-smoke runs as a subflow); returns the summary written to pipeline.json."""
+    root = normalize_root(params.out_root)
+    params = params.model_copy(update={"out_root": root})
+    tags = {"pipeline": "full-pipeline", "model": params.model, "smoke": str(params.smoke).lower()}
+    tags.update({"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or "")})
+    parent, exp_id = mlflow_runs.start_run(params.tracking_uri, params.experiment, f"full-pipeline-{params.model}", tags)
+    client = mlflow_runs.client(params.tracking_uri)
+    mlflow_runs.log_params(client, parent, mlflow_runs.flatten(params.model_dump(mode="json")))
+    status = "FAILED"
+    try:
+        results = run_stages(params, parent)
+        evals = run_evals(params, results)
+        rows = table_rows(evals)
+        publish(rows, evals, params.tracking_uri, parent)
+        summary = {
+            "flow_run_id": str(flow_run.id or ""),
+            "mlflow_run_id": parent,
+            "mlflow_experiment_id": exp_id,
+            "params": params.model_dump(mode="json"),
+            "stages": results,
+            "eval": rows,
+        }
+        _write_summary(root, summary)
+        status = "FINISHED"
+        return summary
+    finally:
+        mlflow_runs.end_run(params.tracking_uri, parent, status)
+
+
+@flow(name="full-pipeline", log_prints=True)
+def full_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
+    """HF model -> ternary BitNet GGUF through every stage, with a held-out perplexity table at the end."""
+    return run_pipeline(params)
+
+
+if __name__ == "__main__":
+    full_pipeline()

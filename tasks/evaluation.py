@@ -1,0 +1,117 @@
+"""Held-out perplexity of any pipeline artifact: an HF teacher, a BitNet checkpoint, or an exported GGUF.
+
+Every artifact is scored on the same rows: the packed held-out rows of `cfg.data` at
+`training.seq_len` (`build_datasets`, the split the training stages validate on), the first
+`max_sequences` of each source.
+
+Design choices:
+- PyTorch artifacts go through `wrinklefree_core.training.evaluate` (positions restart after each
+  EOS, so attention stays inside a document), so these numbers equal `wrinklefree eval`'s on the
+  same rows.
+- A GGUF is scored in llama.cpp, the runtime it ships to. llama.cpp has no per-token position
+  reset, so each row is cut after every EOS and each piece is evaluated from an empty context; the
+  logits of the pieces, put back together, are what the PyTorch path computes with its
+  block-diagonal mask. The LoRA adapter GGUF of an LRC export is applied when present.
+- The rows are tokenized with the checkpoint the GGUF was exported from (its stage.json), because
+  the rows must be identical token for token across the table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
+
+
+def heldout_rows(cfg: RunConfig, tokenizer, max_sequences: int | None) -> dict[str, Any]:
+    """{source: int64 rows (n, seq_len)}: the first `max_sequences` held-out rows of each source."""
+    from wrinklefree_core.data.datamodule_core import build_datasets
+
+    _, val_sets = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
+    return {name: rows[:max_sequences] for name, rows in val_sets.items()}
+
+
+def overall(sources: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """Token-weighted (loss, perplexity) over all sources."""
+    tokens = sum(r["tokens"] for r in sources.values())
+    loss = sum(r["loss"] * r["tokens"] for r in sources.values()) / max(tokens, 1.0)
+    return loss, math.exp(min(loss, 700.0))
+
+
+def torch_perplexity(folder: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
+    """Perplexity per source of a BitNet checkpoint or HF folder, in PyTorch on the CPU/GPU of this process."""
+    from wrinklefree_core.training.evaluate import evaluate_perplexity, load_for_eval
+
+    model, tokenizer, kind = load_for_eval(folder)
+    rows = heldout_rows(cfg, tokenizer, max_sequences)
+    sources = evaluate_perplexity(model, rows, batch_size=cfg.training.batch_size, eos_token_id=tokenizer.eos_token_id)
+    return {"kind": kind, "sources": sources}
+
+
+def gguf_source_checkpoint(gguf: Path) -> Path:
+    """The checkpoint a GGUF was exported from, read from the stage.json beside it."""
+    if not (gguf.parent / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"{gguf.parent / MANIFEST_NAME} not found: cannot tell which tokenizer {gguf.name} was exported with")
+    source = read_manifest(gguf.parent).inputs.get("checkpoint")
+    if not source or not Path(source).is_dir():
+        raise FileNotFoundError(f"the checkpoint {gguf.name} was exported from ({source}) is not available here")
+    return Path(source)
+
+
+def _document_pieces(row: list[int], eos: int | None) -> list[list[int]]:
+    """A row cut right after every EOS (the EOS stays with the document it ends)."""
+    pieces, current = [], []
+    for tok in row:
+        current.append(tok)
+        if eos is not None and tok == eos:
+            pieces.append(current)
+            current = []
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
+    """Perplexity per source of an exported GGUF (+ its LoRA adapter) run in llama.cpp."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer
+
+    from wrinklefree_core.export.gguf_lora import lora_path_for
+    from wrinklefree_core.export.verify import llamacpp_logits, load_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_source_checkpoint(gguf))
+    rows = heldout_rows(cfg, tokenizer, max_sequences)
+    lora = lora_path_for(gguf)
+    llm = load_llama(gguf, n_ctx=max(256, cfg.training.seq_len), lora_path=lora if lora.is_file() else None)
+    sources: dict[str, dict[str, float]] = {}
+    try:
+        for name, source_rows in rows.items():
+            total, count = 0.0, 0
+            for row in source_rows.tolist():
+                logits = np.concatenate([llamacpp_logits(llm, p) for p in _document_pieces(row, tokenizer.eos_token_id)])
+                targets = torch.tensor(row[1:])
+                total += float(F.cross_entropy(torch.from_numpy(logits[:-1]).float(), targets, reduction="sum"))
+                count += len(row) - 1
+            loss = total / max(count, 1)
+            sources[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(count)}
+    finally:
+        llm.close()
+    return {"kind": "gguf", "sources": sources}
+
+
+def evaluate_local(path: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
+    """Score a local artifact (folder or .gguf file); adds token-weighted `loss` and `perplexity`."""
+    if path.is_file() and path.suffix == ".gguf":
+        result = gguf_perplexity(path, cfg, max_sequences)
+    elif path.is_dir():
+        result = torch_perplexity(path, cfg, max_sequences)
+    else:
+        raise FileNotFoundError(f"{path} is neither a checkpoint folder nor a .gguf file")
+    result["loss"], result["perplexity"] = overall(result["sources"])
+    result["seq_len"] = cfg.training.seq_len
+    return result

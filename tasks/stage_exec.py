@@ -1,0 +1,144 @@
+"""Executing a planned stage: in this process, or as a SkyPilot job running the same CLI.
+
+Local (compute.backend=local): the stage function runs here on local folders; gs:// inputs are
+downloaded (and cached) by the storage layer first, and a gs:// output is written to a staging
+folder and published with its completion marker afterwards.
+
+SkyPilot (compute.backend=skypilot): tasks/skypilot_task.py builds the job (`wrinklefree <stage>
+... compute.backend=local` on the node) and tasks/skypilot_launch.py runs it to the end. The stage
+code on the node writes local paths only, so gs:// URIs of the configured bucket are handed to it
+as their mount paths (/checkpoints/...). When the job is done, stage.json (metrics) and
+verification.json are read back from the bucket; the artifact itself stays there. Both modules are
+imported only here, so local runs never import SkyPilot.
+
+The training stage nests its MLflow run under the run named in WRINKLEFREE_MLFLOW_PARENT_RUN_ID:
+set around the in-process call, and passed into the SkyPilot job's environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.mlflow_runs import PARENT_RUN_ENV
+from tasks.stage_plan import StagePlan, StageUnavailableError, is_remote
+
+
+@dataclass
+class StageRun:
+    """What executing a stage produced, as far as the recorder needs it."""
+
+    metrics: dict[str, float]
+    summary: str
+    local_out: Path | None  # a local copy of the artifact (for MLflow artifacts), when there is one
+    logged_out: str | None  # the `out` the stage itself saw (training runs tag their MLflow run with it)
+
+
+@contextmanager
+def parent_env(parent_run_id: str | None) -> Iterator[None]:
+    """Set WRINKLEFREE_MLFLOW_PARENT_RUN_ID for the duration of an in-process stage; restore it after."""
+    old = os.environ.get(PARENT_RUN_ENV)
+    if parent_run_id:
+        os.environ[PARENT_RUN_ENV] = parent_run_id
+    else:
+        os.environ.pop(PARENT_RUN_ENV, None)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(PARENT_RUN_ENV, None)
+        else:
+            os.environ[PARENT_RUN_ENV] = old
+
+
+def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
+    """Run the stage in this process (module docstring)."""
+    from wrinklefree_core.storage.artifacts import publish_output, resolve_input, staging_dir
+
+    cfg = plan.cfg
+    updates: dict[str, Any] = {}
+    if cfg.checkpoint and is_remote(cfg.checkpoint):
+        updates["checkpoint"] = str(resolve_input(cfg.checkpoint, cfg.gcs))
+    remote = is_remote(plan.folder_uri)
+    work = staging_dir(plan.folder_uri) if remote else Path(plan.folder_uri)
+    if remote and not any(work.iterdir()):
+        work.rmdir()  # the stage creates the folder itself (convert refuses an existing non-checkpoint one)
+    local_out = work / plan.out_uri.rsplit("/", 1)[-1] if plan.writes_file else work
+    updates["out"] = str(local_out)
+    cfg = cfg.model_copy(update=updates)
+    summary = ""
+    if plan.stage == "convert":
+        from wrinklefree_core.stages.convert import run_convert
+
+        result = run_convert(cfg)
+    elif plan.stage == "export":
+        from wrinklefree_core.stages.export import run_export
+
+        result, summary = run_export(cfg)
+    else:
+        from wrinklefree_core.stages.train import run_train
+
+        with parent_env(parent_run_id):
+            result = run_train(cfg)
+    if remote:
+        publish_output(work, plan.folder_uri, cfg.gcs)
+    return StageRun(dict(result.metrics), summary, Path(result.out), str(result.out))
+
+
+def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str], None]) -> StageRun:
+    """Run the stage as a SkyPilot job and read its output back (module docstring)."""
+    try:
+        from tasks.skypilot_launch import launch_stage
+        from tasks.skypilot_task import build_sky_task, default_cluster_name, mount_path_for
+    except ImportError as exc:
+        raise StageUnavailableError(
+            f"compute.backend=skypilot needs tasks/skypilot_task.py, tasks/skypilot_launch.py and skypilot ({exc}); "
+            "use compute=local meanwhile"
+        ) from exc
+    from wrinklefree_core.stages.manifest import read_manifest
+
+    cfg = plan.cfg
+
+    def on_cluster(uri: str | None) -> str | None:
+        return mount_path_for(uri, cfg) if uri and is_remote(uri) else uri
+
+    out, checkpoint = on_cluster(plan.out_uri), on_cluster(cfg.checkpoint)
+    items = [*plan.items, f"out={out}"] + ([f"checkpoint={checkpoint}"] if checkpoint else [])
+    job_cfg = cfg.model_copy(update={"out": out, "checkpoint": checkpoint})
+    envs = {PARENT_RUN_ENV: parent_run_id} if parent_run_id else {}
+    sky_task = build_sky_task(job_cfg, plan.stage, items, envs=envs)
+    launched = launch_stage(
+        sky_task, default_cluster_name(plan.stage, plan.key[:8]), stream_logs=log, teardown=cfg.compute.teardown
+    )
+    folder = fetch_records(plan) if is_remote(plan.folder_uri) else Path(plan.folder_uri)
+    metrics = dict(read_manifest(folder).metrics)
+    summary = f"SkyPilot job {launched.job_id} on {launched.cluster_name} finished in {launched.seconds:.0f} s"
+    return StageRun(metrics, summary, folder, out)
+
+
+def fetch_records(plan: StagePlan) -> Path:
+    """stage.json and verification.json of a gs:// output, copied into a scratch folder.
+
+    The job wrote them through the bucket mount, which leaves no completion marker, so the storage
+    layer's verified folder download does not apply; these two small files are all the recorder needs.
+    """
+    from wrinklefree_core.paths import cache_dir
+    from wrinklefree_core.stages.manifest import MANIFEST_NAME
+    from wrinklefree_core.storage.gcs import GCSStore
+    from wrinklefree_core.storage.uri import parse_uri
+
+    uri = parse_uri(plan.folder_uri)
+    bucket = GCSStore(plan.cfg.gcs).client.bucket(uri.bucket)
+    dest = cache_dir() / "staging" / "skypilot" / plan.key[:16]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (MANIFEST_NAME, "verification.json"):
+        blob = bucket.blob(uri.object_name(name))
+        if blob.exists():
+            blob.download_to_filename(str(dest / name))
+    if not (dest / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"the SkyPilot job finished but {plan.folder_uri}/{MANIFEST_NAME} does not exist")
+    return dest

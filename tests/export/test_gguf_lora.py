@@ -1,0 +1,369 @@
+"""LRC checkpoints export as base GGUF + LoRA adapter GGUF, and llama.cpp runs the pair like PyTorch.
+
+Checkpoints: tiny converted models (conftest) with adapters added by add_lrc_adapters ("svd" init,
+and "random": svd, then U redrawn non-zero so that the adapters move the logits by tens of percent).
+Arch `bitnet` (no q/k permutation) and `llama` (U rows of q/k permuted like the base weight), TQ2_0
+and the Q4_0 fallback (which llama.cpp repacks, so its LoRA tensors land in a plain CPU buffer),
+F32 and F16 adapters, mixed ranks (alpha 0) and one uniform rank (alpha = rank).
+
+Tolerances, as in test_gguf_llamacpp.py: vs the modelled reference, relative L2 <= TIGHT above the
+reference's own noise floor and the median position within 1e-4 of the logit scale; vs the exact
+PyTorch LRC model, the derived bound. The adapters' effect must exceed the tolerance many times over,
+or agreeing with the reference would not show that llama.cpp applied them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGUFReader, GGUFWriter
+from transformers import AutoTokenizer
+
+from tests.export.conftest import build_checkpoint
+from wrinklefree_core.config import compose
+from wrinklefree_core.config.export import ExportConfig
+from wrinklefree_core.export import (
+    VERIFICATION_NAME,
+    ExportError,
+    VerificationError,
+    export_gguf,
+    format_report,
+    gguf_lora,
+    lora_path_for,
+    verify_gguf,
+    write_gguf,
+    write_lora_gguf,
+)
+from wrinklefree_core.export.gguf_layout import permute_rows
+from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
+from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint, save_bitnet_checkpoint
+from wrinklefree_core.models.lrc import add_lrc_adapters, lrc_modules, lrc_settings_of
+
+TIGHT = 1e-4
+# An adapter must move the logits by this many tolerances for the logits check to prove it is applied
+# (the tolerance includes the noise floor, up to 4e-3 here: one K/V activation rounding flip at one
+# position reaches every later position through attention).
+EFFECT_MARGIN = 20
+
+# id: (model, subln, rank_fraction, init, adapter type, arch, ternary GGUF type, alpha)
+CASES = {
+    "bitnet-svd-tq2_0": ("tiny_llama_256", "bitdistill", 0.25, "svd", "f32", "bitnet", "TQ2_0", 0.0),
+    "bitnet-random-q4_0-f16": ("tiny_llama", "bitdistill", 0.25, "random", "f16", "bitnet", "Q4_0", 0.0),
+    "llama-random-tq2_0": ("tiny_llama_256", "none", 0.25, "random", "f32", "llama", "TQ2_0", 0.0),
+    # 0.01 * min(in, out) < 1 for every projection: rank 1 everywhere, so alpha = 1.
+    "llama-rank1-q4_0": ("tiny_llama", "none", 0.01, "random", "f32", "llama", "Q4_0", 1.0),
+}
+
+
+def cfg(**kw) -> ExportConfig:
+    return ExportConfig(verify_max_rel_error=TIGHT, verify_min_top1=1.0, **kw)
+
+
+def make_lrc_checkpoint(out: Path, base: Path, rank_fraction: float, init: str, seed: int = 0) -> Path:
+    """`base` with LRC adapters: SVD-initialised, and for init "random" U redrawn (non-zero, seeded)."""
+    model, settings = load_bitnet_checkpoint(base)
+    add_lrc_adapters(model, rank_fraction, "svd")
+    if init == "random":
+        gen = torch.Generator().manual_seed(seed + 7)
+        with torch.no_grad():
+            for _, m in lrc_modules(model):
+                # V from the SVD has columns of norm sqrt(sigma); a unit-scale U gives corrections
+                # comparable to the ternary residual itself, i.e. clearly visible in the logits.
+                m.lrc_U.copy_(torch.randn(m.lrc_U.shape, generator=gen) * 0.5)
+    settings = settings.model_copy(update={"lrc": lrc_settings_of(model)})
+    return save_bitnet_checkpoint(model, out, settings, AutoTokenizer.from_pretrained(str(base)))
+
+
+@pytest.fixture(scope="module")
+def lrc_checkpoint(checkpoint_factory, tmp_path_factory):
+    """LRC checkpoint per (model, subln, rank_fraction, init), built once per module."""
+    cache: dict[tuple, Path] = {}
+
+    def get(model: str, subln: str, rank_fraction: float, init: str, **kw) -> Path:
+        key = (model, subln, rank_fraction, init, repr(sorted(kw.items())))
+        if key not in cache:
+            base = checkpoint_factory(model, subln, **kw)
+            out = tmp_path_factory.mktemp("lrc") / f"{model}-{subln}-lrc"
+            cache[key] = make_lrc_checkpoint(out, base, rank_fraction, init)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def exported(lrc_checkpoint, tmp_path_factory):
+    """Export (and verify) each case once per module: (checkpoint, report, verification)."""
+    done: dict[str, tuple] = {}
+
+    def get(case: str):
+        if case not in done:
+            model, subln, fraction, init, lora_type, *_ = CASES[case]
+            ckpt = lrc_checkpoint(model, subln, fraction, init)
+            out = tmp_path_factory.mktemp(case) / "model.gguf"
+            report, result = export_gguf(ckpt, out, cfg(), lora_type=lora_type)
+            done[case] = (ckpt, report, result)
+        return done[case]
+
+    return get
+
+
+# ----------------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_llamacpp_base_plus_adapter_matches_the_lrc_model(case, exported):
+    ckpt, report, result = exported(case)
+    *_, arch, ternary_type, alpha = CASES[case]
+    assert report.arch == arch == result["arch"] and report.lora.arch == arch
+    assert ternary_type in report.types().values()
+    assert result["passed"] and result["tokens_match"] and result["adapter"]["values_match_checkpoint"]
+    assert result["adapter"]["alpha"] == alpha and result["adapter"]["pairs"] == result["adapter"]["pairs_expected"] == 14
+
+    floor = result["noise_floor"]["rel_l2_error"]
+    ref, exact, ref_exact = result["vs_reference"], result["vs_exact"], result["reference_vs_exact"]
+    assert ref["rel_l2_error"] <= TIGHT + 2 * floor
+    assert ref["median_position_max_abs_error"] <= 1e-4 * result["logit_scale"]
+    assert ref["top1_agreement"] == 1.0
+    assert exact["rel_l2_error"] <= ref_exact["rel_l2_error"] + TIGHT + 2 * floor
+    assert exact["top1_agreement"] >= 0.95
+
+    # The base file alone is checked against the model without its corrections, just as tightly.
+    base = result["base_alone"]
+    assert base["vs_reference"]["rel_l2_error"] <= TIGHT + 2 * base["noise_floor"]["rel_l2_error"]
+    assert base["vs_reference"]["top1_agreement"] == 1.0
+
+    # The adapter does something, far beyond the tolerance, in llama.cpp as in the reference.
+    effect = result["llama_cpp_base_vs_base_with_adapter"]["rel_l2_error"]
+    assert result["adapter_effect_resolved"]
+    assert effect > EFFECT_MARGIN * result["tolerance"]["max_rel_error_vs_reference"]
+    assert effect > 1000 * ref["rel_l2_error"]
+    assert effect == pytest.approx(result["adapter_effect"]["rel_l2_error"], rel=0.01)
+
+    on_disk = json.loads((report.path.parent / VERIFICATION_NAME).read_text())
+    assert on_disk["passed"] and on_disk["gguf"] == "model.gguf" and on_disk["lora_gguf"] == "model.lora.gguf"
+    assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.gguf", "model.lora.gguf", VERIFICATION_NAME]
+
+
+def test_llamacpp_loaded_directly_agrees_with_verification(exported):
+    """Base + adapter through the plain llama-cpp-python API (lora_path) vs base alone, top-1 included."""
+    ckpt, report, result = exported("llama-random-tq2_0")
+    ids = result["hf_token_ids"]
+    with_adapter, alone = load_llama(report.path, 256, report.lora.path), load_llama(report.path, 256)
+    try:
+        got, got_base = llamacpp_logits(with_adapter, ids), llamacpp_logits(alone, ids)
+    finally:
+        with_adapter.close()
+        alone.close()
+    model, _ = load_bitnet_checkpoint(ckpt)
+    with torch.no_grad():
+        exact = model(torch.tensor([ids])).logits[0].numpy()
+    assert compare_logits(got, exact)["rel_l2_error"] == pytest.approx(result["vs_exact"]["rel_l2_error"], rel=1e-3)
+    assert compare_logits(got, exact)["top1_agreement"] >= 0.95
+    assert compare_logits(got_base, got)["rel_l2_error"] > EFFECT_MARGIN * TIGHT
+    assert compare_logits(got_base, exact)["top1_agreement"] < 0.5, "without the adapter the model is another one"
+
+
+# ----------------------------------------------------------------------------------- the files
+
+
+@pytest.mark.parametrize("case", ["bitnet-random-q4_0-f16", "llama-random-tq2_0", "llama-rank1-q4_0"])
+def test_adapter_file_metadata_shapes_and_values(case, exported):
+    ckpt, report, _ = exported(case)
+    *_, lora_type, arch, _, alpha = CASES[case]
+    reader = GGUFReader(str(report.lora.path))
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    assert reader.fields["general.architecture"].contents() == arch
+    assert float(reader.fields["adapter.lora.alpha"].contents()) == alpha == report.lora.alpha
+
+    model, _ = load_bitnet_checkpoint(ckpt)
+    tensors = {t.name: t for t in reader.tensors}
+    base_names = {t.name for t in GGUFReader(str(report.path)).tensors}
+    expected = set()
+    for name, m in lrc_modules(model):
+        base_name = next(t.gguf_name for t in report.tensors if t.hf_name == f"{name}.weight")
+        assert base_name in base_names
+        a, b = tensors[f"{base_name}.lora_a"], tensors[f"{base_name}.lora_b"]
+        expected |= {a.name, b.name}
+        # GGUF lists ne0 first: lora_a ne = [in, rank], lora_b ne = [rank, out].
+        assert [int(n) for n in a.shape] == [m.in_features, m.rank]
+        assert [int(n) for n in b.shape] == [m.rank, m.out_features]
+        assert a.tensor_type.name == b.tensor_type.name == lora_type.upper()
+        u, v = m.lrc_U.detach().float(), m.lrc_V.detach().float()
+        if arch == "llama" and name.endswith(("q_proj", "k_proj")):
+            heads = model.config.num_attention_heads if name.endswith("q_proj") else model.config.num_key_value_heads
+            u = permute_rows(u, heads)
+            assert not torch.equal(u, m.lrc_U.detach().float()), "the permutation must move rows"
+        want_a, want_b = v.T.numpy(), u.numpy()
+        if lora_type == "f16":
+            want_a, want_b = want_a.astype(np.float16), want_b.astype(np.float16)
+        got_a = np.asarray(a.data).reshape(m.rank, m.in_features)
+        got_b = np.asarray(b.data).reshape(m.out_features, m.rank)
+        assert np.array_equal(got_a, want_a) and np.array_equal(got_b, want_b), name
+    assert set(tensors) == expected
+    assert not any("lrc" in t.hf_name for t in report.tensors), "the base file holds no adapter tensor"
+
+
+def test_base_file_is_the_plain_ternary_export(exported, checkpoint_factory, tmp_path):
+    """The base of an LRC export holds the same tensors as an export of the model before adapters."""
+    _, report, _ = exported("bitnet-svd-tq2_0")
+    plain = write_gguf(checkpoint_factory("tiny_llama_256", "bitdistill"), tmp_path / "plain.gguf", cfg())
+    lrc_tensors = {t.name: np.asarray(t.data) for t in GGUFReader(str(report.path)).tensors}
+    plain_tensors = {t.name: np.asarray(t.data) for t in GGUFReader(str(plain.path)).tensors}
+    assert lrc_tensors.keys() == plain_tensors.keys()
+    assert all(np.array_equal(lrc_tensors[n], plain_tensors[n]) for n in lrc_tensors)
+
+
+def test_report_lists_the_adapter(exported):
+    _, report, _ = exported("bitnet-svd-tq2_0")
+    text = format_report(report)
+    assert "LoRA adapter GGUF" in text and "model.lora.gguf" in text
+    assert all(t.gguf_name in text for t in report.lora.tensors)
+    assert report.lora.file_bytes == report.lora.path.stat().st_size
+    assert report.lora.base is not None and report.lora.base.path == report.path
+
+
+def test_write_lora_gguf_writes_both_files_and_verify_finds_the_adapter(lrc_checkpoint, tmp_path):
+    ckpt = lrc_checkpoint("tiny_llama_256", "bitdistill", 0.25, "svd")
+    base, adapter = tmp_path / "m.gguf", lora_path_for(tmp_path / "m.gguf")
+    assert adapter.name == "m.lora.gguf"
+    report = write_lora_gguf(ckpt, base, adapter, cfg(), lora_type="f16")
+    assert report.path == adapter and report.base.path == base and report.adapter_type == "F16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.lora.gguf"]
+    result = verify_gguf(base, ckpt, cfg())  # the adapter beside the base is picked up
+    assert result["passed"] and result["lora_gguf"] == "m.lora.gguf"
+    adapter.unlink()
+    with pytest.raises(VerificationError, match="no adapter was given"):
+        verify_gguf(base, ckpt, cfg())
+
+
+def _with_adapters(base: Path, out: Path, init: str, edit=None) -> Path:
+    model, settings = load_bitnet_checkpoint(base)
+    add_lrc_adapters(model, 0.25, init)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    settings = settings.model_copy(update={"lrc": lrc_settings_of(model)})
+    return save_bitnet_checkpoint(model, out, settings, AutoTokenizer.from_pretrained(str(base)))
+
+
+def test_zero_adapters_export_but_say_they_cannot_be_confirmed(checkpoint_factory, tmp_path):
+    """U = 0 (adapters as conversion adds them) is a valid export whose adapter changes nothing."""
+    ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "zeros", "zeros")
+    report, result = export_gguf(ckpt, tmp_path / "out" / "z.gguf", cfg())
+    assert result["passed"] and result["adapter_effect"]["rel_l2_error"] == 0.0
+    assert result["adapter_effect_resolved"] is False
+    assert report.lora.path.name == "z.lora.gguf"
+
+
+def test_export_stage_writes_and_reports_both_files(lrc_checkpoint, tmp_path):
+    from wrinklefree_core.stages.export import run_export
+
+    ckpt = lrc_checkpoint("tiny_llama", "bitdistill", 0.25, "random")
+    out = tmp_path / "gguf" / "tiny.gguf"
+    result, summary = run_export(compose("export", [f"checkpoint={ckpt}", f"out={out}"]))
+    assert result.out == out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["stage.json", "tiny.gguf", "tiny.lora.gguf", VERIFICATION_NAME]
+    assert "LoRA adapter GGUF" in summary and "verified in llama.cpp: passed" in summary
+
+
+# ----------------------------------------------------------------------------------- failures
+
+
+def test_base_only_export_of_an_lrc_checkpoint_is_refused(lrc_checkpoint, tmp_path):
+    ckpt = lrc_checkpoint("tiny_llama", "bitdistill", 0.25, "random")
+    with pytest.raises(ExportError, match=r"LoRA adapter.*<name>\.lora\.gguf"):
+        write_gguf(ckpt, tmp_path / "m.gguf", cfg())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lrc_layout_llama_cpp_cannot_run_writes_neither_file(lrc_checkpoint, tmp_path):
+    """bitnet graph + a layer left without SubLN: refused before either file is opened."""
+    ckpt = lrc_checkpoint("tiny_llama", "bitdistill", 0.25, "svd", skip_layers=[1])
+    (tmp_path / "m.gguf").write_bytes(b"previous export")
+    with pytest.raises(ExportError, match="skip_layers"):
+        export_gguf(ckpt, tmp_path / "m.gguf", cfg())
+    with pytest.raises(ExportError, match="skip_layers"):
+        write_lora_gguf(ckpt, tmp_path / "m.gguf", tmp_path / "m.lora.gguf", cfg(), lora_type="f32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    assert (tmp_path / "m.gguf").read_bytes() == b"previous export"
+
+
+def test_factors_beyond_fp16_are_refused_for_an_f16_adapter(checkpoint_factory, tmp_path):
+    def blow_up(model):
+        lrc_modules(model)[3][1].lrc_U[0, 0] = 1e5
+
+    ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "big", "svd", blow_up)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="beyond fp16's range. Export the adapter as f32"):
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(), lora_type="f16")
+    assert not out.exists() or list(out.iterdir()) == []
+    with pytest.raises(ExportError, match="not supported"):
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(), lora_type="q8_0")
+
+
+def _rewrite_adapter(src: Path, dst: Path, drop: set[str]) -> None:
+    """Copy an adapter GGUF without the tensors in `drop` (what a broken or hand-edited file looks like)."""
+    reader = GGUFReader(str(src))
+    writer = GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(reader.fields["adapter.lora.alpha"].contents()))
+    for t in reader.tensors:
+        if t.name not in drop:
+            shape = tuple(int(n) for n in reversed(t.shape))
+            writer.add_tensor(t.name, np.asarray(t.data).reshape(shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.fixture
+def written(lrc_checkpoint, tmp_path):
+    """An unverified bitnet base + adapter pair in tmp_path."""
+    ckpt = lrc_checkpoint("tiny_llama", "bitdistill", 0.25, "random")
+    report = write_lora_gguf(ckpt, tmp_path / "m.gguf", tmp_path / "m.lora.gguf", cfg())
+    return ckpt, report
+
+
+def test_adapter_missing_a_layer_fails_verification(written, tmp_path):
+    """llama.cpp runs such a file without complaint (that layer just goes uncorrected)."""
+    ckpt, report = written
+    broken = tmp_path / "broken.lora.gguf"
+    _rewrite_adapter(report.path, broken, {"blk.1.ffn_down.weight.lora_a", "blk.1.ffn_down.weight.lora_b"})
+    with pytest.raises(VerificationError, match="lacks the adapters of 1 of 14 LRC modules"):
+        verify_gguf(report.base.path, ckpt, cfg(), lora_path=broken)
+    result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
+    assert result["passed"] is False and result["adapter"]["pairs"] == 13
+    assert result["lora_gguf"] == "broken.lora.gguf"
+
+
+def test_adapter_missing_half_a_pair_is_a_clear_error(written, tmp_path):
+    ckpt, report = written
+    broken = tmp_path / "half.lora.gguf"
+    _rewrite_adapter(report.path, broken, {"blk.0.attn_q.weight.lora_b"})
+    with pytest.raises(VerificationError, match=r"'blk\.0\.attn_q\.weight\.lora_a' has no partner"):
+        verify_gguf(report.base.path, ckpt, cfg(), lora_path=broken)
+    assert json.loads((tmp_path / VERIFICATION_NAME).read_text())["passed"] is False
+
+
+def test_unpermuted_adapter_is_caught_and_nothing_is_published(lrc_checkpoint, tmp_path, monkeypatch):
+    """The classic bug: U of q/k written without the base weight's row permutation (arch llama).
+
+    llama.cpp and the reference read the same wrong file and agree to float noise, so only the
+    check of the file's values against the checkpoint can catch it.
+    """
+    monkeypatch.setattr(gguf_lora, "permute_rows", lambda w, heads: w)
+    ckpt = lrc_checkpoint("tiny_llama_256", "none", 0.25, "random")
+    out = tmp_path / "model.gguf"
+    with pytest.raises(VerificationError, match="differ from the checkpoint's U, V"):
+        export_gguf(ckpt, out, cfg())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [VERIFICATION_NAME]
+    result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
+    assert result["passed"] is False and result["adapter"]["values_match_checkpoint"] is False
+    assert result["vs_reference"]["rel_l2_error"] < 10 * TIGHT

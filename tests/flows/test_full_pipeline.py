@@ -1,0 +1,156 @@
+"""The full-pipeline flow under the Prefect test harness, on tiny_llama with the smoke budget.
+
+One run does everything (convert -> train -> lrc -> distill -> export + the eval table); the tests
+read it back through MLflow and Prefect, then check the caching contract: unchanged inputs reuse
+every stage, a changed export config reruns only export, a deleted output is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from flows.full_pipeline import full_pipeline
+from flows.params import PipelineParams, smoke_params
+from tasks.mlflow_runs import PARENT_TAG, store_uri
+from tasks.stage_plan import STAGES, StageUnavailableError
+
+# A metric each stage's run must carry, and a param of the resolved config.
+STAGE_METRIC = {
+    "convert": "ternary_params",
+    "train": "final/val/ppl",
+    "lrc": "final/val/ppl",
+    "distill": "final/val/ppl",
+    "export": "file_bytes",
+}
+STAGE_PARAM = {
+    "convert": ("model.name", "tiny_llama"),
+    "train": ("training.name", "unified"),
+    "lrc": ("training.name", "lrc_calibration"),
+    "distill": ("training.name", "bitdistill_full"),
+    "export": ("export.format", "gguf"),
+}
+
+
+def client() -> MlflowClient:
+    return MlflowClient(store_uri(None))
+
+
+def artifact_names(run_id: str, path: str | None = None) -> set[str]:
+    return {Path(a.path).name for a in client().list_artifacts(run_id, path)}
+
+
+def test_pipeline_runs_end_to_end(smoke_run, out_root):
+    stages = smoke_run["stages"]
+    assert list(stages) == list(STAGES)
+    assert not any(s["cached"] for s in stages.values())
+    for stage in ("convert", "train", "lrc", "distill"):
+        assert (Path(stages[stage]["uri"]) / "stage.json").is_file(), stage
+        assert Path(stages[stage]["uri"]).parent == out_root / stage
+    gguf = Path(stages["export"]["uri"])
+    assert gguf.is_file() and gguf.name == "tiny_llama.gguf"
+    assert (gguf.parent / "verification.json").is_file()
+    assert (gguf.parent / "tiny_llama.lora.gguf").is_file()  # the LRC adapters ship as a LoRA GGUF
+    assert stages["export"]["metrics"]["verify_tokens_compared"] > 0
+    # Each stage reads the previous one's output.
+    for prev, stage in zip(STAGES, STAGES[1:]):
+        manifest = json.loads((Path(stages[stage]["folder"]) / "stage.json").read_text())
+        assert manifest["config"]["checkpoint"] == stages[prev]["uri"], stage
+    # One eval row per artifact, the GGUF scored in llama.cpp close to its PyTorch checkpoint.
+    rows = {r["artifact"]: r for r in smoke_run["eval"]}
+    assert list(rows) == ["teacher", "naive-conversion", "train-unified", "lrc", "distill", "export-gguf"]
+    assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows.values())
+    assert rows["export-gguf"]["runtime"] == "llama.cpp"
+    assert rows["export-gguf"]["ppl"] == pytest.approx(rows["distill"]["ppl"], rel=0.05)
+    assert json.loads((out_root / "pipeline.json").read_text())["flow_run_id"] == smoke_run["flow_run_id"]
+    print(f"smoke pipeline: {smoke_run['seconds']:.1f} s")
+
+
+def test_stage_runs_nest_under_pipeline_run(smoke_run):
+    parent_id = smoke_run["mlflow_run_id"]
+    parent = client().get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"] == smoke_run["flow_run_id"]
+    assert {"eval_table.md", "eval.json"} <= artifact_names(parent_id)
+    assert math.isfinite(parent.data.metrics["eval/export-gguf/ppl"])
+    for stage, result in smoke_run["stages"].items():
+        run = client().get_run(result["mlflow_run_id"])
+        assert run.data.tags[PARENT_TAG] == parent_id, stage
+        assert run.data.tags["prefect.flow_run_id"] == smoke_run["flow_run_id"], stage
+        assert run.data.tags["prefect.task_run_id"], stage
+        assert run.data.tags["artifact_uri"] == result["uri"], stage
+        key, value = STAGE_PARAM[stage]
+        assert run.data.params[key] == value, stage
+        assert STAGE_METRIC[stage] in run.data.metrics, (stage, sorted(run.data.metrics))
+        assert "stage.json" in artifact_names(run.info.run_id), stage
+        assert parent.data.tags[f"stage.{stage}.mlflow_run_id"] == run.info.run_id
+    for stage in ("train", "lrc", "distill"):
+        run_id = smoke_run["stages"][stage]["mlflow_run_id"]
+        assert "loss_curve.png" in artifact_names(run_id), stage
+        assert client().get_run(run_id).data.params["training.max_steps"] == "3"
+    export_run = smoke_run["stages"]["export"]["mlflow_run_id"]
+    assert "verification.json" in artifact_names(export_run)
+    assert {"tiny_llama.gguf", "tiny_llama.lora.gguf"} <= artifact_names(export_run, "gguf")
+    assert client().get_run(export_run).data.tags["gguf_uri"] == smoke_run["stages"]["export"]["uri"]
+
+
+def test_prefect_artifacts_published(smoke_run):
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("pipeline-eval")
+    assert table is not None and table.type == "table"
+    assert "export-gguf" in str(table.data)
+    link = Artifact.get("mlflow-export")
+    assert link is not None and smoke_run["stages"]["export"]["mlflow_run_id"] in str(link.data)
+
+
+def test_second_run_hits_cache_for_every_stage(smoke_run, out_root):
+    again = full_pipeline(smoke_params(out_root=str(out_root)))
+    assert {s: r["cached"] for s, r in again["stages"].items()} == {s: True for s in STAGES}
+    for stage in STAGES:
+        assert again["stages"][stage]["uri"] == smoke_run["stages"][stage]["uri"]
+        assert again["stages"][stage]["mlflow_run_id"] == smoke_run["stages"][stage]["mlflow_run_id"]
+    assert all(row["cached"] for row in again["eval"])
+    assert again["mlflow_run_id"] != smoke_run["mlflow_run_id"]
+
+
+def test_changed_export_overrides_rerun_only_export(smoke_run, out_root):
+    changed = full_pipeline(smoke_params(out_root=str(out_root), export=["export.fallback_type=q8_0"]))
+    cached = {s: r["cached"] for s, r in changed["stages"].items()}
+    assert cached == {"convert": True, "train": True, "lrc": True, "distill": True, "export": False}
+    new, old = changed["stages"]["export"], smoke_run["stages"]["export"]
+    assert new["uri"] != old["uri"] and Path(new["uri"]).is_file() and Path(old["uri"]).is_file()
+    run = client().get_run(new["mlflow_run_id"])
+    assert run.data.tags[PARENT_TAG] == changed["mlflow_run_id"]
+    assert run.data.params["export.fallback_type"] == "q8_0"
+
+
+def test_deleted_output_is_recomputed(smoke_run, out_root):
+    export_dir = Path(smoke_run["stages"]["export"]["folder"])
+    shutil.rmtree(export_dir)
+    again = full_pipeline(smoke_params(out_root=str(out_root)))
+    assert again["stages"]["distill"]["cached"] and not again["stages"]["export"]["cached"]
+    assert again["stages"]["export"]["uri"] == smoke_run["stages"]["export"]["uri"]
+    assert Path(again["stages"]["export"]["uri"]).is_file()
+
+
+def test_params_validate_every_stage_config():
+    with pytest.raises(ValueError, match="did you mean: training.optimizer"):
+        PipelineParams(model="tiny_llama", train=["training.optimzer.lr=1e-3"])
+    with pytest.raises(ValueError, match="lrc objective"):
+        PipelineParams(model="tiny_llama", lrc=["training=unified"])
+    with pytest.raises(ValueError, match="unknown option 'no_such_recipe'"):
+        PipelineParams(model="tiny_llama", distill=["training=no_such_recipe"])
+
+
+def test_missing_recipe_is_a_clear_error(monkeypatch):
+    import tasks.stage_plan as stage_plan
+
+    monkeypatch.setattr(stage_plan, "group_options", lambda group: ["unified"])
+    with pytest.raises(StageUnavailableError, match="lrc_calibration"):
+        stage_plan.compose_stage("lrc", ["model=tiny_llama"], "upstream")

@@ -49,9 +49,13 @@ Design choices:
   (graph build, per-op thread barriers, activation quantization, norms, attention, the F16 output
   head that every file shares). That is what decides how far the file-size ratio carries over to
   the speed ratio.
-- On a small shared CPU every llama.cpp op ends in a barrier across its threads, and a thread that
-  another process preempts stalls all of them for a scheduler slice: with 2 threads on 2 busy cores
-  the per-token time can grow tenfold. `--threads 1` has no barriers and gives steadier numbers there;
+- Threads wait at a barrier after every llama.cpp op (hundreds per token). With libgomp's default
+  (OMP_WAIT_POLICY unset = spin, `--omp-wait-policy active`) a waiting thread spins on its core, so
+  on a small shared CPU where other processes hold the cores, a preempted thread stalls the others
+  for a scheduler slice and a decode step can take ten times as long (seen here: 2 threads on 2
+  busy cores). The default here is `passive`: waiting threads sleep, which costs a wake-up per
+  barrier (a fixed per-token cost, the same for every file, so if anything it lowers the TQ/F16
+  ratio) but keeps the measurement meaningful on a shared machine. `--threads 1` has no barriers;
   `decode min-max` shows how much the rounds spread.
 """
 
@@ -308,10 +312,10 @@ def kernel_rates() -> dict[str, float]:
 
     The kernels are ggml's own (`ggml_vec_dot_{tq2_0,tq1_0}_q8_K`, `ggml_vec_dot_f16` from the
     libggml-cpu that llama-cpp-python loads), called through ctypes on one long row whose operands
-    fit in L2 (<= 0.8 MB), so they measure arithmetic, not memory. The best of many calls is kept
-    (other processes only ever slow a call down) at several row lengths, and the rate is the slope
-    of time over length, so the ctypes call cost (microseconds, as long as the longest row takes
-    for TQ2_0) drops out. Returns {} when the library does not export the kernels.
+    fit in L2 (<= 0.8 MB), so they measure arithmetic, not memory. The best of 1000 calls is kept
+    (other processes only ever slow a call down) at five row lengths, and the rate is the slope of
+    time over length, so the ctypes call cost (microseconds, as long as the longest row takes for
+    TQ2_0) drops out. Returns {} when the library does not export the kernels.
     """
     import ctypes
 
@@ -345,20 +349,19 @@ def kernel_rates() -> dict[str, float]:
     }
     out = ctypes.c_float()
 
-    def best(fn, a, b, length: int, reps: int = 300) -> float:
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn(length, ctypes.byref(out), 0, a.ctypes.data, 0, b.ctypes.data, 0, 1)
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
+    lengths = [n // 8, n // 4, n // 2, 3 * n // 4, n]
     rates: dict[str, float] = {}
-    lengths = np.array([n // 8, n // 4, n // 2, 3 * n // 4, n])
     for name, fn in kernels.items():
         a, b = operands[name]
-        times = np.array([best(fn, a, b, int(length)) for length in lengths])
-        rates[name] = float(1 / np.polyfit(lengths, times, 1)[0] / 1e9)
+        best = [float("inf")] * len(lengths)
+        # The lengths take turns, so a stretch of time when another process shares the core or the
+        # caches slows every length alike instead of bending the fitted line.
+        for _ in range(1000):
+            for i, length in enumerate(lengths):
+                t0 = time.perf_counter()
+                fn(length, ctypes.byref(out), 0, a.ctypes.data, 0, b.ctypes.data, 0, 1)
+                best[i] = min(best[i], time.perf_counter() - t0)
+        rates[name] = float(1 / np.polyfit(lengths, best, 1)[0] / 1e9)
     return rates
 
 
@@ -371,6 +374,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=None, help="tokens decoded per timed run (default 128; quick 32)")
     parser.add_argument("--prompt-tokens", type=int, default=None, help="prompt length in tokens (default 128; quick 32)")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default os.cpu_count())")
+    parser.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
+                        help="OMP_WAIT_POLICY for llama.cpp's OpenMP threads (default passive; see the header)")
     parser.add_argument("--hidden", type=int, default=None, help="model width (default 768; quick 512)")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 12; quick 4)")
     parser.add_argument("--ffn", type=int, default=None, help="MLP width (default 2560; quick 1536)")
@@ -394,6 +399,8 @@ def main() -> None:
     n_prompt = args.prompt_tokens or (32 if quick else 128)
     threads = args.threads or os.cpu_count() or 1
     types = [t.strip() for t in args.types.split(",") if t.strip()]
+    # Read by the OpenMP runtime when llama.cpp's libraries load, i.e. at the import below.
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
 
     import llama_cpp
 
@@ -401,7 +408,7 @@ def main() -> None:
     system_info = llama_cpp.llama_print_system_info().decode().strip()
     split = shape.param_split()
     print(f"# {platform.machine()} CPU, {os.cpu_count()} cores, llama.cpp threads={threads}, "
-          f"llama-cpp-python {llama_cpp.__version__}")
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, llama-cpp-python {llama_cpp.__version__}")
     print(f"# llama.cpp system_info: {system_info}")
     print(f"# model: hidden {shape.hidden}, {shape.layers} layers, ffn {shape.ffn}, {shape.heads} heads, "
           f"vocab {shape.vocab} (requested), arch bitnet")

@@ -12,6 +12,7 @@
 #   PREFECT_BIN         prefect executable (.venv/bin/prefect when present, else `prefect` on PATH)
 #   SERVER_ARGS         extra `prefect server start` arguments (e.g. --no-ui)
 #   START_TIMEOUT_S     how long to wait for the server to answer (180)
+#   STOP_GRACE_S        how long `stop` waits after the first TERM before insisting (10)
 #
 # Design choices: each long-running process gets its own session (setsid), so `stop` ends it and
 # the children it spawned (uvicorn, flow-run subprocesses) by that one recorded id; PIDs and logs
@@ -35,15 +36,25 @@ fi
 
 running() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-stop_one() {  # $1 = name; TERM the process group recorded in $STATE/$1.pid, KILL after 20 s
+stop_one() {  # $1 = name; end the process group recorded in $STATE/$1.pid
   local pidfile="$STATE/$1.pid"
   if ! running "$pidfile"; then rm -f "$pidfile"; return 0; fi
   local pid; pid="$(cat "$pidfile")"
+  # The first TERM asks for a graceful stop (a worker waits for its flow runs); Prefect's handlers
+  # turn a second one into SIGKILL, and KILL on the whole group is the last resort.
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+  wait_gone "$pid" "${STOP_GRACE_S:-10}" || kill -TERM "$pid" 2>/dev/null || true
+  wait_gone "$pid" 5 || kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
   rm -f "$pidfile"
   echo "stopped $1 (pid $pid)"
+}
+
+wait_gone() {  # $1 = pid, $2 = seconds; succeeds once the process is gone
+  local deadline=$((SECONDS + $2))
+  while kill -0 "$1" 2>/dev/null; do
+    ((SECONDS >= deadline)) && return 1
+    sleep 0.2
+  done
 }
 
 start() {

@@ -61,6 +61,7 @@ def served(tmp_path_factory) -> tuple[dict[str, str], Path]:
         PREFECT_BIN=PREFECT,
         SERVER_ARGS="--no-ui --no-scheduler",  # manual runs only: no nightly run can sneak in
         PREFECT_WORKER_QUERY_SECONDS="2",
+        STOP_GRACE_S="3",  # nothing is running by then; see the script for the escalation
     )
     try:
         start = subprocess.run([str(SERVE), "start"], env=env, capture_output=True, text=True, timeout=300)

@@ -8,19 +8,30 @@ rounding brings the two to float-summation noise (~1e-5 relative), so verificati
 Design choices:
 - The HF model runs unchanged; `llamacpp_numerics` swaps the forward of every matmul module (BitLinear,
   full-precision nn.Linear, the embedding) for the duration of a `with` block, as an instance attribute
-  that is deleted on exit. Norms, RoPE, attention and the residual stream are HF's own fp32 code;
-  llama.cpp runs them in fp32 too (F32 KV cache, no flash attention), so they are not modelled.
+  that is deleted on exit. RMS norms (the model's and SubLN) are swapped too, for ggml's arithmetic
+  (see `ggml_rms_norm`). RoPE, attention and the residual stream are HF's own fp32 code; llama.cpp
+  runs them in fp32 too (F32 KV cache, no flash attention), so they are not modelled.
+- Every float operation that feeds an activation quantizer is reproduced to the last bit where it
+  can be: a one-ulp difference moves a value sitting exactly on a rounding boundary to the other
+  side, a whole int8 step, which the next layers amplify to ~1% of the logits. Exact boundaries are
+  common, not rare: with unit norm weights (any freshly converted model) the layer-0 Q8 input is an
+  fp16 embedding row times one scalar, so -127*x/max is often exactly k+0.5 (8% of the rows of the
+  tiny test models' embeddings). Traps on the torch side: `scalar / tensor` is computed as
+  `reciprocal(tensor) * scalar` (two roundings, 1 ulp off C's `a/b` for ~25% of inputs), HF's RMSNorm
+  takes an fp32 mean (1 ulp off ggml's double-sum mean for ~45% of rows), and torch.sqrt on float32 is
+  not correctly rounded on the CPU build (1 ulp off sqrtf for ~20% of inputs); hence torch.div with
+  tensor operands, a double sum and a float64 square root below.
 - Weights are the values read back from the GGUF file (dequantized with gguf's own code, q/k rows
   un-permuted), so the fp16 rounding of scales and embeddings is exactly what the file holds.
 - Matmuls accumulate in float64: ggml's quantized dot products sum int8 x ternary products exactly
   and apply the block scales once, so they are closer to the exact product than an fp32 GEMM over
   dequantized values (whose last-bit noise flips activation roundings downstream).
 - Activations, per ggml-cpu's type traits and the AVX2 build of ggml:
-  - TQ1_0/TQ2_0 -> Q8_K (quantize_row_q8_K_ref, per 256-block): m = the signed value of largest
-    magnitude (first one), iscale = -127/m, q = min(127, round_half_even(iscale*x)), x' = q / iscale
-    (d = 1/iscale is stored as f32).
+  - TQ1_0/TQ2_0 -> Q8_K (quantize_row_q8_K_ref, per 256-block; x86 has no SIMD version): m = the
+    signed value of largest magnitude (first one), iscale = -127.f/m (one fp32 division),
+    q = min(127, round_half_even(iscale*x)), x' = d * q with d = 1/iscale stored as f32.
   - Q4_0/Q8_0 -> Q8_0 (AVX quantize_row_q8_0, per 32-block): a = max|x|, d = a/127 stored as fp16,
-    q = round_half_even(x * 127/a), x' = fp16(d) * q.
+    q = round_half_even(x * id) with id = 127.f/a (one fp32 division), x' = fp16(d) * q.
   - F16 -> the activation is rounded to fp16 (products accumulate in f32); F32 -> unchanged.
 - LoRA adapters (LRC checkpoints, gguf_lora.py): llama.cpp adds scale * B (A cur) to the base matmul,
   where `cur` is the same f32 tensor the base matmul reads (after SubLN, *before* the Q8 rounding,
@@ -53,6 +64,7 @@ from wrinklefree_core.export.gguf_layout import GGUFLayout, unpermute_rows
 from wrinklefree_core.export.gguf_lora import LoraLayout
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import lrc_modules
+from wrinklefree_core.models.subln import SubLN
 
 T = GGMLQuantizationType
 Q8_K_BLOCK = 256
@@ -134,9 +146,10 @@ def q8_k_roundtrip(x: torch.Tensor) -> torch.Tensor:
     idx = b.abs().argmax(dim=-1, keepdim=True)  # first index of the largest magnitude, as the C loop
     m = b.gather(-1, idx)
     zero = m == 0
-    iscale = torch.where(zero, torch.ones_like(m), -127.0 / m)
+    # -127.f/max as one fp32 division (`-127.0 / m` would be reciprocal(m) * -127: 1 ulp off, see above).
+    iscale = torch.div(torch.full_like(m, -127.0), torch.where(zero, torch.ones_like(m), m))
     q = torch.round(iscale * b).clamp(max=127.0)
-    d = 1.0 / iscale
+    d = torch.div(torch.ones_like(iscale), iscale)
     return torch.where(zero, torch.zeros_like(b), d * q).reshape(shape)
 
 
@@ -146,7 +159,8 @@ def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:
     b = x.float().reshape(-1, Q8_0_BLOCK)
     a = b.abs().amax(dim=-1, keepdim=True)
     d16 = (a / 127.0).half().float()
-    inv = torch.where(a == 0, torch.zeros_like(a), 127.0 / torch.where(a == 0, torch.ones_like(a), a))
+    safe = torch.where(a == 0, torch.ones_like(a), a)
+    inv = torch.where(a == 0, torch.zeros_like(a), torch.div(torch.full_like(a, 127.0), safe))
     q = torch.round(b * inv)
     return (d16 * q).reshape(shape)
 
@@ -188,6 +202,35 @@ def _linear_forward(
     return forward
 
 
+def ggml_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS norm as ggml-cpu computes it (ops.cpp rms_norm_f32, then a MUL by the weight), in fp32.
+
+    sum = double sum of the fp32 squares; mean = (float)(sum / n); scale = 1.0f / sqrtf(mean + eps);
+    y = (x * scale) * w. HF's RMSNorm takes an fp32 mean instead, which differs in the last bit.
+    """
+    h = x.float()
+    mean = ((h * h).double().sum(-1, keepdim=True) / h.shape[-1]).float()
+    root = torch.sqrt((mean + torch.tensor(eps, dtype=torch.float32)).double()).float()  # = sqrtf
+    scale = torch.div(torch.ones_like(root), root)
+    return weight.float() * (h * scale)
+
+
+def _norm_forward(eps: float):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ggml_rms_norm(x, self.weight, eps).to(x.dtype)
+
+    return forward
+
+
+def _norm_eps(module: nn.Module) -> float | None:
+    """The epsilon of an RMS norm module (SubLN, or HF's Llama/Qwen2/Qwen3 RMSNorm), else None."""
+    if isinstance(module, SubLN):
+        return module.eps
+    eps = getattr(module, "variance_epsilon", None)
+    weight = getattr(module, "weight", None)
+    return float(eps) if eps is not None and isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
+
+
 def _embedding_forward(weight: GGUFTensor):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, weight.value)
@@ -208,9 +251,10 @@ def llamacpp_numerics(
     adapter as llama.cpp's LoRA path computes it. Without `lora`, LRC modules run their base matmul
     only, like llama.cpp given the base file alone. A tied lm_head uses the embedding's GGUF tensor, as
     llama.cpp does. Norm weights and biases are F32 in the file, equal to the model's, and stay as they
-    are. Matmuls accumulate in `accumulate`: float64 by default, because ggml's quantized dot products
-    sum integers exactly and scale once per block, which an fp32 GEMM over dequantized values does not;
-    float32 gives a second, equally valid rounding of the same computation (see `reference_logits`).
+    are; RMS norms compute with ggml's arithmetic (`ggml_rms_norm`). Matmuls accumulate in `accumulate`:
+    float64 by default, because ggml's quantized dot products sum integers exactly and scale once per
+    block, which an fp32 GEMM over dequantized values does not; float32 gives a second, equally valid
+    rounding of the same computation (see `reference_logits`).
     """
     patched: list[nn.Module] = []
     embed = model.get_input_embeddings()
@@ -227,6 +271,9 @@ def llamacpp_numerics(
                 patched.append(module)
             elif module is embed:
                 module.forward = types.MethodType(_embedding_forward(tensors[f"{name}.weight"]), module)
+                patched.append(module)
+            elif (eps := _norm_eps(module)) is not None:
+                module.forward = types.MethodType(_norm_forward(eps), module)
                 patched.append(module)
         yield model
     finally:

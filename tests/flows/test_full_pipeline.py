@@ -154,3 +154,23 @@ def test_missing_recipe_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(stage_plan, "group_options", lambda group: ["unified"])
     with pytest.raises(StageUnavailableError, match="lrc_calibration"):
         stage_plan.compose_stage("lrc", ["model=tiny_llama"], "upstream")
+
+
+def test_nightly_smoke_checks_the_pipeline(smoke_run, out_root):
+    from flows.nightly_smoke import check_summary, nightly_smoke
+
+    # refresh=False: reuse the session's outputs; the subflow, the checks and the summary are what is tested.
+    summary = nightly_smoke(out_root=str(out_root), refresh=False)
+    assert check_summary(summary) == [] and set(summary["stages"]) == set(STAGES)
+    broken = json.loads(json.dumps(smoke_run))
+    broken["stages"]["export"]["metrics"].pop("verify_tokens_compared")
+    broken["eval"][0]["ppl"] = float("nan")
+    problems = check_summary(broken)
+    assert any("verification" in p for p in problems) and any("teacher" in p for p in problems)
+
+
+def test_parent_run_variable_matches_the_training_stage():
+    from tasks.mlflow_runs import PARENT_RUN_ENV
+    from wrinklefree_core.training.tracking import PARENT_RUN_ENV as TRAINING_PARENT_RUN_ENV
+
+    assert PARENT_RUN_ENV == TRAINING_PARENT_RUN_ENV

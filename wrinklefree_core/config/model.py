@@ -52,6 +52,9 @@ class ModelConfig(Section):
     )
     random: RandomInitConfig | None = Field(None, description="Architecture of a randomly initialised model (source=random).")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weight dtype the model is loaded in.")
+    mask_token: str | None = Field(
+        None, description="Existing vocab token the DLM objective uses as mask when the tokenizer has no mask token."
+    )
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelConfig":

@@ -28,7 +28,7 @@ from wrinklefree_core.paths import cache_dir
 
 
 # Part of every cache key: bump when the way a cached folder is built changes, so stale builds are not reused.
-BUILD_VERSION = "2"
+BUILD_VERSION = "3"
 
 
 class ModelSourceError(ValueError):
@@ -82,8 +82,8 @@ def _atomic_build(target: Path, build) -> Path:
     return target
 
 
-def _file_digest(path: Path, head_bytes: int = 1 << 20) -> str:
-    h = hashlib.sha256(f"{BUILD_VERSION}:{path.stat().st_size}".encode())
+def _file_digest(path: Path, head_bytes: int = 1 << 20, extra: str = "") -> str:
+    h = hashlib.sha256(f"{BUILD_VERSION}:{path.stat().st_size}:{extra}".encode())
     with path.open("rb") as f:
         h.update(f.read(head_bytes))
     return h.hexdigest()[:12]
@@ -97,7 +97,7 @@ def _package_gguf_folder(cfg: ModelConfig) -> Path:
     gguf_path = pkg_dir / cfg.gguf_file
     if not gguf_path.is_file():
         raise ModelSourceError(f"{gguf_path} not found in package '{cfg.package}'; check model.gguf_file")
-    target = cache_dir() / "hf" / f"{cfg.name}-{_file_digest(gguf_path)}"
+    target = cache_dir() / "hf" / f"{cfg.name}-{_file_digest(gguf_path, extra=cfg.mask_token or '')}"
 
     def build(tmp: Path) -> None:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -105,6 +105,7 @@ def _package_gguf_folder(cfg: ModelConfig) -> Path:
         from wrinklefree_core.models.gguf_source_tokenizer import repair_tokenizer
 
         tokenizer = repair_tokenizer(AutoTokenizer.from_pretrained(pkg_dir, gguf_file=cfg.gguf_file), gguf_path)
+        _assign_mask_token(tokenizer, cfg.mask_token)
         loaded = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=cfg.gguf_file, dtype=torch.float32)
         config_dict = loaded.config.to_dict()
         config_dict.pop("quantization_config", None)
@@ -118,6 +119,18 @@ def _package_gguf_folder(cfg: ModelConfig) -> Path:
         (tmp / "source.json").write_text(json.dumps({"package": cfg.package, "gguf_file": str(gguf_path)}, indent=2))
 
     return _atomic_build(target, build)
+
+
+def _assign_mask_token(tokenizer, token: str | None) -> None:
+    """Give a tokenizer without a mask token an existing vocab token as its mask (for the DLM objective).
+
+    Reusing a reserved token keeps the vocabulary (and so the embedding and the GGUF vocab) unchanged.
+    """
+    if token is None or tokenizer.mask_token is not None:
+        return
+    if token not in tokenizer.get_vocab():
+        raise ModelSourceError(f"model.mask_token '{token}' is not in the tokenizer's vocabulary; pick an existing reserved token")
+    tokenizer.mask_token = token
 
 
 def _random_hf_config(r: RandomInitConfig, tokenizer):

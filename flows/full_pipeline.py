@@ -125,5 +125,33 @@ def full_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     return run_pipeline(params)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.full_pipeline [field=value ...]`: run the pipeline in this process.
+
+    Fields are PipelineParams' (values parsed as YAML), e.g. `model=smollm2_135m smoke=true`.
+    Prints where the GGUF, the MLflow runs and the eval table are.
+    """
+    import sys
+
+    import yaml
+    from pydantic import ValidationError
+
+    fields: dict[str, Any] = {}
+    for item in sys.argv[1:] if argv is None else argv:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            print(f"error: '{item}' is not field=value (fields: {', '.join(PipelineParams.model_fields)})", file=sys.stderr)
+            return 2
+        fields[key] = yaml.safe_load(raw)
+    try:
+        params = PipelineParams(**fields)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = full_pipeline(params)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 if __name__ == "__main__":
-    full_pipeline()
+    raise SystemExit(main())

@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = full_pipeline(params)
-    print(json.dumps(summary, indent=2, default=str))
+    export = summary["stages"].get("export", {})
+    gguf = Path(str(export.get("uri", "")))
+    lora = gguf.with_name(f"{gguf.stem}.lora.gguf")
+    print(f"\nGGUF: {gguf}" + (f" (+ LoRA adapter {lora.name})" if lora.is_file() else ""))
+    print(f"verification: {gguf.parent / 'verification.json'}")
+    print(f"MLflow: run {summary['mlflow_run_id']} in {mlflow_runs.store_uri(params.tracking_uri)} (experiment {params.experiment})")
+    print(f"eval table and stage outputs: {Path(params.out_root) / 'pipeline.json'}")
     return 0
 
 

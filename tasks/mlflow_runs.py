@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wrinklefree_core.paths import cache_dir
+from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_TAG = "mlflow.parentRunId"
 # The variable wrinklefree_core/training/tracking.py reads to nest a training run under a parent.
@@ -32,19 +32,8 @@ _PARAM_LIMIT = 6000  # MLflow's longest param value
 _BATCH = 100  # MLflow's most params per log_batch
 
 
-def store_uri(configured: str | None) -> str:
-    """`configured`, else the default sqlite store under the cache folder (created here)."""
-    if configured:
-        return configured
-    folder = cache_dir() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def _default_artifact_location() -> str:
-    folder = cache_dir() / "mlflow" / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.as_uri()
+store_uri = mlflow_store_uri
+_default_artifact_location = mlflow_artifact_location
 
 
 def client(configured: str | None):

@@ -26,25 +26,13 @@ from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from wrinklefree_core.paths import cache_dir
+from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_RUN_ENV = "WRINKLEFREE_MLFLOW_PARENT_RUN_ID"
 
 
-def tracking_uri(configured: str | None) -> str:
-    """`configured`, else the default sqlite store under the cache folder (created here)."""
-    if configured:
-        return configured
-    folder = cache_dir() / "mlflow"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def default_artifact_location() -> str:
-    """Artifact root for experiments created in the default store."""
-    folder = cache_dir() / "mlflow" / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.as_uri()
+tracking_uri = mlflow_store_uri
+default_artifact_location = mlflow_artifact_location
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

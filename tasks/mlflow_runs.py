@@ -16,13 +16,12 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
+from wrinklefree_core.config.flatten import flatten_config
 from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -60,16 +59,7 @@ def experiment_id(mlflow_client, name: str, configured: str | None) -> str:
         return exp.experiment_id
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"a.b.c": value-as-text} for every leaf of a nested dict."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value if isinstance(value, str) else json.dumps(value)
-    return flat
+flatten = flatten_config
 
 
 def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:

@@ -17,7 +17,6 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 
+from wrinklefree_core.config.flatten import flatten_config
 from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_RUN_ENV = "WRINKLEFREE_MLFLOW_PARENT_RUN_ID"
@@ -33,18 +33,6 @@ PARENT_RUN_ENV = "WRINKLEFREE_MLFLOW_PARENT_RUN_ID"
 
 tracking_uri = mlflow_store_uri
 default_artifact_location = mlflow_artifact_location
-
-
-def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"a.b.c": value-as-text} for every leaf of a nested dict."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, name + "."))
-        else:
-            flat[name] = value if isinstance(value, str) else json.dumps(value)
-    return flat
 
 
 def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = None) -> MLFlowLogger:

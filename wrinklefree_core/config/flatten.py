@@ -1,0 +1,18 @@
+"""Flatten a resolved config into dotted keys: how every tracker (MLflow params) stores it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a.b.c": value-as-text} for every leaf of a nested dict (non-strings as JSON)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat

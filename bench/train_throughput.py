@@ -4,10 +4,14 @@ Target: a BitNet training step takes <= 1.2x the time of the same model's step w
 (same shapes, batch and sequence length), i.e. BitNet trains at >= 1/1.2 of the plain tokens/s.
 
 Run:
-    .venv/bin/python bench/train_throughput.py                     # defaults, ~4 min on 2 CPU cores
+    .venv/bin/python bench/train_throughput.py                     # defaults, 1-3 min on 2 CPU cores
     .venv/bin/python bench/train_throughput.py --threads 1         # one core: steadier on a shared CPU
+    .venv/bin/python bench/train_throughput.py --threads 1 --ablate --profile 12   # where the time goes
     .venv/bin/python bench/train_throughput.py --no-compile --rounds 3 --steps 2
     .venv/bin/python bench/train_throughput.py --model smollm2_135m --batch 2 --seq 256
+
+The first run compiles each model for 30-50 s on 2 cores; inductor caches the generated code on disk,
+so later runs with the same shapes compile in seconds. Either way compiling is not timed.
 
 Design choices:
 - The model is a random llama built through the project's own `random` source (an 8192-token BPE
@@ -24,8 +28,8 @@ Design choices:
   model converted with SubLN 'none', so that BitNet - ablation is SubLN's cost and ablation - plain
   the quantization's.
 - One step is what the train module's CE-only step does for one micro-batch, without Lightning:
-  zero grads, forward, next-token CE (`objectives.ce.cross_entropy_loss`), backward, AdamW step
-  (`build_optimizer` with the default OptimizerConfig: decay/no-decay groups, same hyper-parameters).
+  forward, next-token CE (`objectives.ce.cross_entropy_loss`), backward, AdamW step (`build_optimizer`
+  with the default OptimizerConfig: decay/no-decay groups, same hyper-parameters), zero grads.
   Left out, and the same for both models: ZClip's gradient norm, the LR scheduler and the lambda
   warmup write, the logging. The forward passes use_cache=False: a training step never reads a KV
   cache, so filling one would be an extra cost unrelated to either model.
@@ -41,8 +45,17 @@ Design choices:
   the ratio of the median step times, measured in this one run. Each step is also split into
   forward (with the loss), backward and optimizer time, to show where the difference goes.
 - Compiled mode compiles the model (`torch.compile(model)`, default inductor, no CUDA graphs); the
-  loss and the optimizer step stay eager, the same for both models. quant_lambda is a tensor, so it
-  never forces a recompile.
+  loss and the optimizer step stay eager, the same for both models. It wraps the same models and
+  optimizers as eager mode, so training simply continues. quant_lambda is a tensor, so it never
+  forces a recompile.
+- Tokens per step matter too: the weight quantization (|W| mean, round, blend over every ternary
+  matrix) costs the same whatever the batch, while the matmuls grow with it, so short steps show a
+  larger ratio than long ones. The default 4 x 256 tokens is small for training; use --batch/--seq
+  to see the trend.
+- `--profile N` lists, per model, the ops whose profiled self time differs most from the plain
+  model's (aten ops in eager mode; in compiled mode also inductor's generated kernels, named by the
+  ops they fuse). Profiling adds overhead, so its totals are not the timed numbers; the ablation is
+  the cleaner split between SubLN and quantization.
 - On a small shared CPU, OpenMP threads stall whenever another process takes a core, and BitNet's
   extra elementwise kernels add parallel regions that nn.Linear's matmuls do not have; `--threads 1`
   gives steadier ratios there. The 1-minute load average is printed with the results.
@@ -55,6 +68,7 @@ import contextlib
 import copy
 import os
 import platform
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -239,8 +253,17 @@ def profile_ops(variants: list[Variant], ids: torch.Tensor, device: torch.device
             for e in prof.key_averages():
                 t = e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total
                 if t > 0:
-                    out[v.name][e.key] = out[v.name].get(e.key, 0.0) + t / 1e3 / steps
+                    key = _op_key(e.key)
+                    out[v.name][key] = out[v.name].get(key, 0.0) + t / 1e3 / steps
     return out
+
+
+def _op_key(name: str) -> str:
+    """A profiler event name without what differs between two models' compiled graphs for the same
+    work (graph number, kernel index, graph hash), so that matching kernels of both models pair up."""
+    name = re.sub(r"^graph_\d+_(cpp_fused_.*?)(_\d+)?$", r"\1", name)
+    name = re.sub(r"^Torch-Compiled Region: \d+/\d+$", "Torch-Compiled Region", name)
+    return re.sub(r"^## Call CompiledFxGraph \S+.*$", "## Call CompiledFxGraph ##", name)
 
 
 def print_profile(mode: str, ops: dict[str, dict[str, float]], top: int) -> None:

@@ -49,9 +49,9 @@ Design choices:
   optimizers as eager mode, so training simply continues. quant_lambda is a tensor, so it never
   forces a recompile.
 - Tokens per step matter too: the weight quantization (|W| mean, round, blend over every ternary
-  matrix) costs the same whatever the batch, while the matmuls grow with it, so short steps show a
-  larger ratio than long ones. The default 4 x 256 tokens is small for training; use --batch/--seq
-  to see the trend.
+  matrix) costs the same whatever the batch, while the matmuls grow with it, so that part of the
+  overhead weighs less the more tokens a step holds. The default 4 x 256 tokens is small for
+  training; --batch/--seq show the trend.
 - `--profile N` lists, per model, the ops whose profiled self time differs most from the plain
   model's (aten ops in eager mode; in compiled mode also inductor's generated kernels, named by the
   ops they fuse). Profiling adds overhead, so its totals are not the timed numbers; the ablation is
@@ -124,7 +124,8 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
     else:
         if args.model not in group_options("model"):
             raise SystemExit(f"--model {args.model}: not one of random, {', '.join(group_options('model'))}")
-        cfg = ModelConfig.model_validate(yaml.safe_load((config_root() / "model" / f"{args.model}.yaml").read_text()))
+        text = (config_root() / "model" / f"{args.model}.yaml").read_text()
+        cfg = ModelConfig.model_validate(yaml.safe_load(text))
         where = f"configs/model/{args.model}.yaml (source {cfg.source})"
     model, _ = load_hf_model(materialize(cfg), dtype=torch.float32)
     return model, where
@@ -150,9 +151,11 @@ def make_variants(base: nn.Module, ablate: bool, device: torch.device) -> list[V
 
     models = {"plain": base}
     # convert_to_bitnet reuses the Linear's Parameters, so each BitNet model converts its own copy.
-    models["bitnet"] = convert_to_bitnet(copy.deepcopy(base), BitNetSettings(subln="bitdistill", quant_lambda=1.0))
+    settings = {"bitnet": BitNetSettings(subln="bitdistill", quant_lambda=1.0)}
     if ablate:
-        models["bitnet-nosubln"] = convert_to_bitnet(copy.deepcopy(base), BitNetSettings(subln="none", quant_lambda=1.0))
+        settings["bitnet-nosubln"] = BitNetSettings(subln="none", quant_lambda=1.0)
+    for name, bitnet_settings in settings.items():
+        models[name] = convert_to_bitnet(copy.deepcopy(base), bitnet_settings)
     variants = []
     for name, model in models.items():
         model.to(device).train()
@@ -231,14 +234,16 @@ def table_rows(variants: list[Variant], mode: str, tokens: int) -> tuple[list[st
         m = med[v.name]
         lo, hi = min(v.times["step"]), max(v.times["step"])
         rows.append(
-            f"| {mode:<8} | {v.name:<14} | {m['step'] * 1e3:>8.0f} | {m['fwd'] * 1e3:>7.0f} | {m['bwd'] * 1e3:>7.0f} | "
-            f"{m['opt'] * 1e3:>6.0f} | {tokens / m['step']:>8.0f} | {m['step'] / base['step']:>7.3f}x | "
-            f"{m['fwd'] / base['fwd']:>6.2f}x | {m['bwd'] / base['bwd']:>6.2f}x | {f'{lo * 1e3:.0f}-{hi * 1e3:.0f}':>12} |"
+            f"| {mode:<8} | {v.name:<14} | {m['step'] * 1e3:>8.0f} | {m['fwd'] * 1e3:>7.0f} | "
+            f"{m['bwd'] * 1e3:>7.0f} | {m['opt'] * 1e3:>6.0f} | {tokens / m['step']:>8.0f} | "
+            f"{m['step'] / base['step']:>7.3f}x | {m['fwd'] / base['fwd']:>6.2f}x | {m['bwd'] / base['bwd']:>6.2f}x | "
+            f"{f'{lo * 1e3:.0f}-{hi * 1e3:.0f}':>12} |"
         )
     return rows, {name: m["step"] for name, m in med.items()}
 
 
-def profile_ops(variants: list[Variant], ids: torch.Tensor, device: torch.device, steps: int) -> dict[str, dict[str, float]]:
+def profile_ops(variants: list[Variant], ids: torch.Tensor, device: torch.device,
+                steps: int) -> dict[str, dict[str, float]]:
     """Self time per op (ms per step) of every variant, from torch.profiler over `steps` steps taken in
     turns. Self times do not overlap, so a variant's ops sum to about its step time (plus profiling
     overhead). On CUDA the device time of each kernel is used."""
@@ -292,22 +297,28 @@ def print_profile(mode: str, ops: dict[str, dict[str, float]], top: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="random", help="random (default) or an option of configs/model, e.g. smollm2_135m")
+    parser.add_argument("--model", default="random",
+                        help="random (default) or an option of configs/model, e.g. smollm2_135m")
     parser.add_argument("--hidden", type=int, default=576, help="random model width (default 576)")
     parser.add_argument("--layers", type=int, default=8, help="random model decoder layers (default 8)")
-    parser.add_argument("--ffn", type=int, default=None, help="random model MLP width (default 8/3 hidden, 64-rounded: 1536)")
+    parser.add_argument("--ffn", type=int, default=None,
+                        help="random model MLP width (default 8/3 hidden, 64-rounded: 1536)")
     parser.add_argument("--heads", type=int, default=None, help="random model query heads (default hidden/64)")
-    parser.add_argument("--kv-heads", type=int, default=None, help="random model KV heads (default heads/3 when it divides, else heads)")
+    parser.add_argument("--kv-heads", type=int, default=None,
+                        help="random model KV heads (default heads/3 when it divides, else heads)")
     parser.add_argument("--vocab", type=int, default=8192, help="random model BPE vocabulary (default 8192)")
     parser.add_argument("--batch", type=int, default=4, help="rows per step (default 4)")
     parser.add_argument("--seq", type=int, default=256, help="tokens per row (default 256)")
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds, model order rotating (default 6)")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per model per round (default 1)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model and mode, the first compiles (default 2)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per model and mode, the first compiles (default 2)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the torch.compile'd models (default on)")
-    parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True, help="time the eager models (default on)")
-    parser.add_argument("--ablate", action="store_true", help="add a BitNet model without SubLN (splits SubLN from quantization)")
+    parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the eager models (default on)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="add a BitNet model without SubLN (splits SubLN from quantization)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile 2 steps per model and list the N ops that differ most from plain "
                              "(compiled mode then records inductor's kernels too, which adds a little to every kernel)")
@@ -339,16 +350,17 @@ def main() -> None:
     print(f"# model: {source}; hidden {c.hidden_size}, {c.num_hidden_layers} layers, ffn {c.intermediate_size}, "
           f"{c.num_attention_heads} heads / {c.num_key_value_heads} KV heads, vocab {c.vocab_size}, "
           f"tied {c.tie_word_embeddings} (loaded in {time.perf_counter() - t0:.0f}s)")
-    print(f"# params: {total / 1e6:.1f}M = projections {split['projections'] / 1e6:.1f}M ({split['projections'] / total:.1%}, "
-          f"BitLinear in the BitNet model) + embedding/head {split['embedding'] / 1e6:.1f}M "
-          f"({split['embedding'] / total:.1%}) + norms {split['other'] / 1e3:.0f}k")
+    print(f"# params: {total / 1e6:.1f}M = projections {split['projections'] / 1e6:.1f}M "
+          f"({split['projections'] / total:.1%}, BitLinear in the BitNet model) + embedding/head "
+          f"{split['embedding'] / 1e6:.1f}M ({split['embedding'] / total:.1%}) + norms {split['other'] / 1e3:.0f}k")
     variants = make_variants(base, args.ablate, device)
 
     tokens = args.batch * args.seq
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, c.vocab_size, (args.batch, args.seq), generator=generator).to(device)
     print(f"# step: batch {args.batch} x seq {args.seq} = {tokens} tokens, forward + CE + backward + AdamW; "
-          f"{args.warmup} warmup steps, then {args.rounds} rounds x {args.steps} steps per model (rotating order), median")
+          f"{args.warmup} warmup steps, then {args.rounds} rounds x {args.steps} steps per model "
+          f"(rotating order), median")
 
     modes = (["eager"] if args.eager else []) + (["compiled"] if args.compile else [])
     rows: list[str] = []
@@ -363,8 +375,9 @@ def main() -> None:
         rows += mode_rows
         ratios[mode] = med["bitnet"] / med["plain"]
         firsts = ", ".join(f"{name} {s:.1f}s" for name, s in first.items())
-        notes.append(f"# {mode}: first step ({'with compile, ' if mode == 'compiled' else ''}not timed) {firsts}; "
-                     f"{t_mode:.0f}s in all; 1-min load average {min(loads):.2f}-{max(loads):.2f} during timing")
+        compile_note = "with compile, " if mode == "compiled" else ""
+        notes.append(f"# {mode}: first step ({compile_note}not timed) {firsts}; {t_mode:.0f}s in all; "
+                     f"1-min load average {min(loads):.2f}-{max(loads):.2f} during timing")
         notes.append(f"# {mode}: loss at the first warmup -> last timed step: " + ", ".join(
             f"{v.name} {v.losses[0]:.3f} -> {v.losses[-1]:.3f}" for v in variants))
         if args.profile:

@@ -70,13 +70,12 @@ from wrinklefree_core.models.architectures import SUPPORTED_ARCHITECTURES, archi
 from wrinklefree_core.models.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
-    _fsync_tree,  # the checkpoint writer's atomic-publish helpers: one implementation of the rules
-    _swap_into_place,
     load_bitnet_checkpoint,
 )
 from wrinklefree_core.models.convert import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, bitlinear_modules
 from wrinklefree_core.models.settings import BitNetSettings
 from wrinklefree_core.quant.reference import ternarize_weight
+from wrinklefree_core.storage.atomic import atomic_folder
 
 MARKER_NAME = "wrinklefree_export.json"
 # Files a stock loader reads besides config and weights; copied byte for byte when present.
@@ -359,12 +358,7 @@ def export_hf(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
     _check_keys(tensors, config_dict)
     del model
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an earlier crash of this same process id
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for name in COPIED_FILES:
@@ -373,9 +367,4 @@ def export_hf(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg
         marker = {"source_checkpoint": str(source.resolve()), "packed": packed, "settings": settings.model_dump()}
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return HFExportReport(out, packed, sizes, n_ternary, settings.quant_lambda)

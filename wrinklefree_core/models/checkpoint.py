@@ -8,11 +8,12 @@ A checkpoint folder holds:
 - tokenizer and generation_config files when available, plus any extra files a stage adds.
 
 Design choices:
-- Writes are atomic at folder level: everything goes to a hidden sibling `.{name}.tmp-<pid>` and is
-  renamed into place only when complete. A previous checkpoint at the destination is moved aside
-  and deleted only after the new one is in place, so a failed or killed save never leaves a
-  half-written checkpoint under the real name. (Between the two renames the destination is briefly
-  absent; a crash exactly there leaves the old copy at `.{name}.old-<pid>`.)
+- Writes are atomic at folder level (storage/atomic.py): everything goes to a hidden sibling
+  `.{name}.tmp-<pid>` and is renamed into place only when complete. A previous checkpoint at the
+  destination is moved aside and deleted only after the new one is in place, so a failed or killed
+  save never leaves a half-written checkpoint under the real name. (Between the two renames the
+  destination is briefly absent; a crash exactly there leaves the old copy at `.{name}.old-<pid>`,
+  which the next save to that destination renames back first.)
 - Loading rebuilds the module tree from config + settings (from_config without weight init, then
   convert_to_bitnet) and assigns the stored tensors, keeping their dtypes, so a reload is bit-exact.
   Key checking is strict: a missing or unexpected tensor is an error, never a silent random init.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,6 +41,7 @@ from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.convert import convert_to_bitnet, expected_bitlinear_layout
 from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.storage.atomic import atomic_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -125,30 +126,6 @@ def _write_extra_files(folder: Path, extra_files: dict[str, bytes | str]) -> Non
             target.write_bytes(content)
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush file contents to disk so that the rename publishes complete files even after a power loss."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if old.exists():
-        shutil.rmtree(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_bitnet_checkpoint(
     model: nn.Module,
     out_dir: str | os.PathLike,
@@ -178,12 +155,7 @@ def save_bitnet_checkpoint(
     config["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     config[SETTINGS_KEY] = recorded.model_dump()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an earlier crash of this same process id
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(_unique_tensors(model.state_dict()), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if tokenizer is not None:
@@ -191,11 +163,6 @@ def save_bitnet_checkpoint(
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(str(tmp))
         _write_extra_files(tmp, extra_files or {})
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

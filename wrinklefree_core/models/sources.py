@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from wrinklefree_core.config.model import ModelConfig, RandomInitConfig
 from wrinklefree_core.paths import cache_dir
+from wrinklefree_core.storage.atomic import atomic_folder
 
 
 # Part of every cache key: bump when the way a cached folder is built changes, so stale builds are not reused.
@@ -65,21 +64,15 @@ def _hf_folder(cfg: ModelConfig) -> Path:
 
 def _atomic_build(target: Path, build) -> Path:
     """Run build(tmp_folder) and rename the result to target; concurrent builders keep the first."""
-    if (target / "config.json").is_file():
+    if _is_built(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(target, mode="first_wins", complete=_is_built) as tmp:
         build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
 
 
 def _file_digest(path: Path, head_bytes: int = 1 << 20, extra: str = "") -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from wrinklefree_core.config.base import Section
 
@@ -140,6 +140,41 @@ class LRCConfig(Section):
     )
 
 
+class InfluenceConfig(Section):
+    """Influence-based remixing: DataInf scores of each source on a probe set move the mixture weights (docs/influence.md)."""
+
+    enabled: bool = Field(False, description="Re-weight the data sources every `every_n_steps` steps by their influence on the probe set.")
+    every_n_steps: int = Field(50, gt=0, description="Optimizer steps between two weight updates.")
+    probe: str = Field(
+        "validation",
+        description="Probe rows: validation = the held-out rows of every source (interleaved); a source name = only that source's held-out rows.",
+    )
+    probe_batches: int = Field(2, gt=0, description="Batches (training.batch_size rows each) of probe rows whose mean loss gradient is the target.")
+    source_batches: int = Field(2, gt=0, description="Batches of training rows sampled per source at each update to score it.")
+    params: list[Literal["embed", "lm_head"]] = Field(
+        default_factory=lambda: ["embed", "lm_head"],
+        description="Weights whose per-example gradients are scored; tied embeddings are one tensor (gradients summed).",
+    )
+    damping: float = Field(0.1, gt=0, description="DataInf damping: lambda_l = damping * mean squared gradient norm / weights in layer l.")
+    step_size: float = Field(1.0, ge=0, description="eta of the update w <- w * exp(eta * s / max|s|) (s = source scores).")
+    min_weight: float = Field(0.05, ge=0, lt=1, description="Lower clamp of every source weight after the update.")
+    max_weight: float = Field(0.9, gt=0, le=1, description="Upper clamp of every source weight after the update.")
+    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA factor beta: new = beta * previous + (1 - beta) * updated weights.")
+
+    @field_validator("params")
+    @classmethod
+    def _some_params(cls, params: list[str]) -> list[str]:
+        if not params or len(set(params)) != len(params):
+            raise ValueError(f"influence.params must name embed and/or lm_head once each, got {params}")
+        return params
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "InfluenceConfig":
+        if self.min_weight >= self.max_weight:
+            raise ValueError(f"influence.min_weight ({self.min_weight}) must be below max_weight ({self.max_weight})")
+        return self
+
+
 class TrainingConfig(Section):
     """A training stage recipe."""
 
@@ -161,3 +196,4 @@ class TrainingConfig(Section):
     checkpoint_every: int = Field(50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
     resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the last checkpoint in `out`.")
     val_every: int = Field(50, gt=0, description="Evaluate held-out perplexity every N steps.")
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig, description="Influence-based remixing of the data mixture.")

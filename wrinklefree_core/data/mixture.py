@@ -9,8 +9,11 @@ Design choices:
   just (epoch, cursor). A source that runs out wraps around into its next epoch on its own, so a small
   source is repeated while a large one is still in its first pass.
 - `set_weights` changes the proportions from the next draw on, without touching positions or the
-  generator. It is the hook for influence-based remixing.
-- `state_dict()` holds the weights, the generator state and every (epoch, cursor): loading it into a
+  generator. It is the hook for influence-based remixing, which uses `schedule_weights` to make the
+  change at a given draw count instead: a data loader prefetches, so "the next draw" of a resumed run
+  is not the draw that followed the change in the original run, but draw number N is.
+- `state_dict()` holds the weights, the generator state, every (epoch, cursor), the draw count and
+  any scheduled weights: loading it into a
   sampler built over the same sequences continues with exactly the batches the original would have
   produced. A sampler over different data refuses the state rather than silently diverging.
 - Batches carry `position_ids` that restart after each EOS (see packing.py), `labels` equal to the
@@ -64,6 +67,8 @@ class MixtureSampler:
         self._epochs = [0] * len(self.names)
         self._cursors = [0] * len(self.names)
         self._orders = [self._order(i, 0) for i in range(len(self.names))]
+        self.draws = 0  # batches sampled so far
+        self._scheduled: tuple[int, dict[str, float]] | None = None
 
     @property
     def weights(self) -> dict[str, float]:
@@ -90,8 +95,19 @@ class MixtureSampler:
         total = sum(values)
         self._weights = torch.tensor([v / total for v in values], dtype=torch.float64)
 
+    def schedule_weights(self, weights: Mapping[str, float], at_draw: int) -> None:
+        """`set_weights(weights)` right before draw number `at_draw` (0-based); now if that draw is past."""
+        self._scheduled = (int(at_draw), dict(weights))
+        self._apply_scheduled()
+
+    def rows(self, name: str) -> torch.Tensor:
+        """The packed sequences of source `name` ([n, seq_len], read-only by convention)."""
+        return self._data[self.names.index(name)]
+
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         """The next batch: input_ids, labels, position_ids [batch, seq_len] and source [batch] (int64)."""
+        self._apply_scheduled()
+        self.draws += 1
         choice = torch.multinomial(self._weights, batch_size, replacement=True, generator=self._generator)
         rows = [self._data[i][self._next_row(i)] for i in choice.tolist()]
         input_ids = torch.stack(rows).long()
@@ -118,6 +134,8 @@ class MixtureSampler:
             "generator": self._generator.get_state().clone(),
             "epochs": list(self._epochs),
             "cursors": list(self._cursors),
+            "draws": self.draws,
+            "scheduled": None if self._scheduled is None else {"at_draw": self._scheduled[0], "weights": dict(self._scheduled[1])},
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -137,6 +155,15 @@ class MixtureSampler:
         self._epochs = [int(e) for e in state["epochs"]]
         self._cursors = [int(c) for c in state["cursors"]]
         self._orders = [self._order(i, e) for i, e in enumerate(self._epochs)]
+        # States written before draws were counted have no schedule to restore.
+        self.draws = int(state.get("draws", 0))
+        scheduled = state.get("scheduled")
+        self._scheduled = None if scheduled is None else (int(scheduled["at_draw"]), dict(scheduled["weights"]))
+
+    def _apply_scheduled(self) -> None:
+        if self._scheduled is not None and self._scheduled[0] <= self.draws:
+            self.set_weights(self._scheduled[1])
+            self._scheduled = None
 
     def _next_row(self, i: int) -> int:
         if self._cursors[i] == len(self._orders[i]):

@@ -224,7 +224,7 @@ def run_train(cfg: RunConfig) -> StageResult:
     from lightning.pytorch.utilities import rank_zero_only
 
     from wrinklefree_core.training.batch_size import find_batch_size
-    from wrinklefree_core.training.callbacks import NaNGuard, ResumableCheckpoint, Throughput
+    from wrinklefree_core.training.callbacks import InfluenceRemixing, NaNGuard, ResumableCheckpoint, Throughput
     from wrinklefree_core.training.datamodule import BitNetDataModule
     from wrinklefree_core.training.evaluate import evaluate_perplexity
     from wrinklefree_core.training.module import BitNetTrainModule
@@ -297,12 +297,13 @@ def run_train(cfg: RunConfig) -> StageResult:
     checkpoint = ResumableCheckpoint(
         state, cfg.training.checkpoint_every, write_model, meta, last_step=resume["step"] if resume is not None else None
     )
+    remix = [InfluenceRemixing(cfg.training.influence, datamodule, seed=cfg.seed)] if cfg.training.influence.enabled else []
     trainer = Trainer(
         **settings,
         max_steps=cfg.training.max_steps,
         max_epochs=-1,
         logger=logger,
-        callbacks=[throughput, NaNGuard(checkpoint.last_good), checkpoint, _progress_bar()],
+        callbacks=[throughput, NaNGuard(checkpoint.last_good), *remix, checkpoint, _progress_bar()],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -17,22 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
-def flow_env(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("wrinklefree-flow-cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WRINKLEFREE_CACHE", str(root))
-    patch.setenv("OMP_NUM_THREADS", "1")
-    patch.setenv("TOKENIZERS_PARALLELISM", "false")
-    patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield root
-    torch.set_num_threads(threads)
-    patch.undo()
+def flow_env(private_cache_env) -> Path:
+    return private_cache_env("wrinklefree-flow-cache", PREFECT_SERVER_ANALYTICS_ENABLED="false")
 
 
 @pytest.fixture(scope="session")

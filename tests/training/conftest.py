@@ -1,10 +1,11 @@
 """Fixtures for the training-stage tests: one cache, a trained tiny teacher and its BitNet conversion.
 
-- `training_env` (session, autouse): a private WRINKLEFREE_CACHE shared by the whole session, so the
-  tiny model, its tokenizer, the Shakespeare token arrays and the MLflow sqlite store are built once;
-  and one torch thread, in this process and (OMP_NUM_THREADS) in the CLI subprocesses. On a shared
-  2-core machine two OpenMP threads per process slow tiny-model steps down ~30x under load, and
-  one thread everywhere also makes an in-process run and a subprocess run compute the same numbers.
+- `training_env` (session, autouse, made by private_cache_env in tests/conftest.py): a private
+  WRINKLEFREE_CACHE shared by the whole session, so the tiny model, its tokenizer, the Shakespeare
+  token arrays and the MLflow sqlite store are built once; and one torch thread, in this process and
+  (OMP_NUM_THREADS) in the CLI subprocesses. On a shared 2-core machine two OpenMP threads per
+  process slow tiny-model steps down ~30x under load, and one thread everywhere also makes an
+  in-process run and a subprocess run compute the same numbers.
 - `teacher_dir` (session): tiny_llama trained in full precision for a few seconds on Shakespeare and
   saved as a plain HF folder. A random model's perplexity is ~vocab size before and after
   conversion, so distillation and "teacher beats the converted model" need a teacher that knows
@@ -29,17 +30,8 @@ TEACHER_STEPS = 150
 
 
 @pytest.fixture(scope="session", autouse=True)
-def training_env(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("wrinklefree-cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("WRINKLEFREE_CACHE", str(root))
-    patch.setenv("OMP_NUM_THREADS", "1")
-    patch.setenv("TOKENIZERS_PARALLELISM", "false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield root
-    torch.set_num_threads(threads)
-    patch.undo()
+def training_env(private_cache_env) -> Path:
+    return private_cache_env("wrinklefree-cache")
 
 
 @pytest.fixture(scope="session")

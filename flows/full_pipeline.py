@@ -1,6 +1,6 @@
 """The `full-pipeline` flow: convert -> train (unified) -> lrc -> distill -> export, then one eval table.
 
-    MLflow parent run  "full-pipeline-<model>"          (params = PipelineParams, eval table + metrics)
+    MLflow parent run  "full-pipeline-<model>"          (params = PipelineParams' changes, eval table + metrics)
       convert  -> <out_root>/convert/<key>              each a Prefect task run + nested MLflow run
       train    -> <out_root>/train/<key>                (cached: reused when config and input match)
       lrc      -> <out_root>/lrc/<key>
@@ -97,7 +97,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     tags.update({"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or "")})
     parent, exp_id = mlflow_runs.start_run(params.tracking_uri, params.experiment, f"full-pipeline-{params.model}", tags)
     client = mlflow_runs.client(params.tracking_uri)
-    mlflow_runs.log_params(client, parent, mlflow_runs.flatten(params.model_dump(mode="json")))
+    mlflow_runs.log_params(client, parent, params.mlflow_params())
     status = "FAILED"
     try:
         results = run_stages(params, parent)
@@ -125,27 +125,43 @@ def full_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     return run_pipeline(params)
 
 
+def parse_fields(items: list[str]) -> dict[str, Any]:
+    """`field=value` / `section.field.sub=value` items as the nested dict PipelineParams validates.
+
+    Values are parsed as YAML; a dotted key patches one field of a stage's typed sections, e.g.
+    `train.training.max_steps=10` (the rest of the section keeps the recipe's values).
+    """
+    import yaml
+
+    fields: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"'{item}' is not field=value (fields: {', '.join(PipelineParams.model_fields)})")
+        *parents, leaf = key.split(".")
+        node = fields
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"'{item}': '{part}' is set as a value and as a section")
+        node[leaf] = yaml.safe_load(raw)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.full_pipeline [field=value ...]`: run the pipeline in this process.
 
-    Fields are PipelineParams' (values parsed as YAML), e.g. `model=smollm2_135m smoke=true`.
+    Fields are PipelineParams' (values parsed as YAML), e.g. `model=smollm2_135m smoke=true`, or
+    dotted into a stage's sections: `export.export.ternary_type=tq1_0`, `common.data.seed=1`.
     Prints where the GGUF, the MLflow runs and the eval table are.
     """
     import sys
 
-    import yaml
     from pydantic import ValidationError
 
-    fields: dict[str, Any] = {}
-    for item in sys.argv[1:] if argv is None else argv:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            print(f"error: '{item}' is not field=value (fields: {', '.join(PipelineParams.model_fields)})", file=sys.stderr)
-            return 2
-        fields[key] = yaml.safe_load(raw)
     try:
-        params = PipelineParams(**fields)
-    except ValidationError as exc:
+        params = PipelineParams.model_validate(parse_fields(sys.argv[1:] if argv is None else argv))
+    except (ValueError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = full_pipeline(params)

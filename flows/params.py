@@ -1,19 +1,27 @@
-"""Pipeline parameters: the form the Prefect UI shows, validated by the same pydantic config models.
+"""Pipeline parameters: the form the Prefect UI shows, built from the pydantic config sections themselves.
 
-`PipelineParams` is the one parameter of the full-pipeline flow. Prefect renders its JSON schema as
-a form and validates a submitted run against it; the model validator then composes every stage's
-RunConfig, so a typo in any override list (`training.optimzer.lr=...`) fails the run at parameter
-validation with compose's "did you mean" message, before anything is computed.
+`PipelineParams` is the one parameter of the full-pipeline flow. Each stage is a nested form of
+its config sections (flows/stage_params.py: `train.training.optimizer.lr`, `export.export.ternary_type`,
+...), defaulting to what the stage's recipe composes to. Prefect renders the JSON schema as a form
+and validates a submitted run against it (types, bounds, choices, unknown keys); the model
+validator then composes every stage's RunConfig, so what only the whole config can check (the
+lrc stage keeping the lrc objective, an unknown key in a raw `overrides` list) fails at parameter
+validation too, before anything is computed.
 
 The overrides of a stage are, in order (later wins): `model=<model>`, the smoke budget when
-`smoke` is set, `common`, the stage's own list, then tracking settings. `eval` lists are applied to
+`smoke` is set, `common` (its changed fields, then its `overrides`), the stage's own (same), then
+tracking settings. Only fields that differ from the recipe become overrides (flows/sections.py),
+so the smoke budget applies to whatever a form leaves at the recipe's value. `eval` is applied to
 the configuration that defines the held-out rows (data, training.seq_len, training.batch_size).
 """
 
 from __future__ import annotations
 
+import json
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.stage_params import CommonParams, ConvertParams, DistillParams, EvalParams, ExportParams, LrcParams, TrainParams
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, compose_stage
 from wrinklefree_core.config import compose
 
@@ -27,20 +35,24 @@ SMOKE_STAGE = {
 SMOKE_EVAL_ROWS = 8
 
 
+# The typed sub-forms of PipelineParams (every other field is a plain setting).
+FORMS = ("common", *STAGES, "eval")
+
+
 class PipelineParams(BaseModel):
-    """What one full-pipeline run does; every list takes `wrinklefree` overrides (`a.b=value`, `group=option`)."""
+    """What one full-pipeline run does: the model, the budget, and each stage's typed config sections."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("smollm2_135m", description="Source model: a configs/model option (tiny_llama, smollm2_135m, ...) or an HF folder.")
     smoke: bool = Field(False, description="Tiny budget: 3 steps per training stage, 32-token rows, few eval rows.")
-    common: list[str] = Field(default_factory=list, description="Overrides applied to every stage (e.g. data=python_docs).")
-    convert: list[str] = Field(default_factory=list, description="Overrides of the convert stage (e.g. bitnet.subln=none).")
-    train: list[str] = Field(default_factory=list, description="Overrides of the train stage (training=unified).")
-    lrc: list[str] = Field(default_factory=list, description="Overrides of the lrc stage (training=lrc_calibration).")
-    distill: list[str] = Field(default_factory=list, description="Overrides of the distill stage (training=bitdistill_full).")
-    export: list[str] = Field(default_factory=list, description="Overrides of the export stage (e.g. export.ternary_type=tq1_0).")
-    eval: list[str] = Field(default_factory=list, description="Overrides of the held-out evaluation (data, training.seq_len).")
+    common: CommonParams = Field(CommonParams(), description="Settings of every stage and the evaluation (data, compute, gcs, teacher).")
+    convert: ConvertParams = Field(ConvertParams(), description="The convert stage: model settings, BitNet conversion.")
+    train: TrainParams = Field(TrainParams(), description="The train stage (training=unified).")
+    lrc: LrcParams = Field(LrcParams(), description="The lrc stage (training=lrc_calibration).")
+    distill: DistillParams = Field(DistillParams(), description="The distill stage (training=bitdistill_full).")
+    export: ExportParams = Field(ExportParams(), description="The export stage (e.g. export.ternary_type=tq1_0).")
+    eval: EvalParams = Field(EvalParams(), description="The held-out rows of the eval table (data, row length).")
     eval_max_sequences: int | None = Field(64, gt=0, description="Held-out rows per source scored for the table (null = all).")
     out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (<out_root>/<stage>/<key>); a folder or gs://bucket/prefix.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite store in the WrinkleFree cache folder.")
@@ -52,11 +64,20 @@ class PipelineParams(BaseModel):
         items = [f"model={self.model}"]
         if self.smoke:
             items += SMOKE_COMMON + SMOKE_STAGE.get(stage, [])
-        items += self.common + list(getattr(self, stage))
+        items += self.common.items() + getattr(self, stage).items()
         items.append(f"tracking.experiment={self.experiment}")
         if self.tracking_uri:
             items.append(f"tracking.mlflow_uri={self.tracking_uri}")
         return items
+
+    def mlflow_params(self) -> dict[str, str]:
+        """The pipeline run's MLflow params: the scalar settings and, per section, the overrides it amounts to.
+
+        Only what differs from the recipes: every stage run logs its full resolved config anyway.
+        """
+        flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump(mode="json", exclude=set(FORMS)).items()}
+        flat.update({f"{name}.changes": " ".join(getattr(self, name).items()) for name in FORMS})
+        return flat
 
     @property
     def eval_rows(self) -> int | None:

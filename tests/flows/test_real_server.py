@@ -8,8 +8,10 @@ its `stop` ends the worker, then the server, by their recorded PIDs. Then:
   harness test's smoke run (same cache folder and out root), so every stage is a cache hit read by
   a different process: the persisted-results contract, end to end.
 - a single-stage rerun from an upstream URI (`train/default` on the pipeline's convert output with
-  a changed step count, nested under the pipeline's MLflow run) completes and really trains, in
-  the worker's flow-run subprocess.
+  a changed typed `training.max_steps`, nested under the pipeline's MLflow run) completes and
+  really trains, in the worker's flow-run subprocess.
+- the registered deployments carry the typed parameter schema (the UI's form: TrainingConfig's
+  fields with the recipe's values), and the server refuses a run whose form has an invalid field.
 Every subprocess has a timeout, so a hung server fails the test instead of the session.
 """
 
@@ -81,6 +83,14 @@ def test_deployments_run_on_a_real_server(served, smoke_run, out_root):
     for name in ("full-pipeline/default", "full-pipeline/smoke", "nightly-smoke/nightly", *(f"{s}/default" for s in STAGES)):
         assert name in listed.stdout, (name, listed.stdout)
 
+    train = json.loads(prefect(env, "deployment", "inspect", "train/default", "--output", "json", timeout=120).stdout)
+    schema = train["parameter_openapi_schema"]
+    assert schema["properties"]["training"]["default"]["lambda_warmup"]["steps"] == 20  # configs/training/unified.yaml
+    assert schema["definitions"]["OptimizerConfig"]["properties"]["type"]["enum"] == ["adamw", "muon", "muonclip"]
+    bad = {"upstream_uri": "unused", "training": {"optimizer": {"lr": -1.0}}}
+    refused = prefect(env, "deployment", "run", "train/default", "--params", json.dumps(bad), timeout=120)
+    assert refused.returncode != 0 and "lr" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
     before = json.loads((out_root / "pipeline.json").read_text())["flow_run_id"]
     params = {"params": {"model": "tiny_llama", "smoke": True, "out_root": str(out_root)}}
     run = prefect(env, "deployment", "run", "full-pipeline/smoke", "--params", json.dumps(params), "--watch", "--watch-timeout", "360")
@@ -92,7 +102,7 @@ def test_deployments_run_on_a_real_server(served, smoke_run, out_root):
     convert_uri = summary["stages"]["convert"]["uri"]
     rerun = {
         "upstream_uri": convert_uri,
-        "overrides": ["training.max_steps=2"],
+        "training": {"max_steps": 2},  # a partial section: the unified recipe with 2 steps
         "smoke": True,
         "out_root": str(out_root),
         "parent_run_id": summary["mlflow_run_id"],

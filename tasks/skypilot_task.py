@@ -12,7 +12,9 @@ Design choices:
 - A cluster is torn down after the job (compute.teardown), so outputs must go to the bucket: an
   `out=` or `checkpoint=` the cluster cannot reach or that dies with it is refused here, before
   anyone pays for a GPU. The bucket is mounted at /checkpoints; `mount_path_for` maps gs:// URIs
-  of that bucket onto it.
+  of that bucket onto it, and the job's WRINKLEFREE_BUCKET_MOUNTS declares the mount, so the stage
+  seals an output written there with the storage layer's completion marker once it is complete
+  (the mount uploads files in no particular order and writes no marker by itself).
 - No credentials enter a task: GCS access and an HF token come from the cloud environment, and env
   names that look like secrets are refused.
 - `python -m tasks.skypilot_task STAGE key=value ...` prints the rendered task, for `sky launch FILE`.
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.storage.mounts import MOUNTS_ENV
 
 if TYPE_CHECKING:
     import sky
@@ -224,6 +227,7 @@ def render_task_config(
     if cfg.gcs.bucket is not None:
         mount = {"source": f"gs://{cfg.gcs.bucket}", "mode": MOUNT_MODE, "type": MOUNT_TYPE}
         task["file_mounts"] = {**task.get("file_mounts", {}), CHECKPOINT_MOUNT: mount}
+        task["envs"][MOUNTS_ENV] = f"{CHECKPOINT_MOUNT}=gs://{cfg.gcs.bucket}"
     task["run"] = run_command_for(cfg, stage, overrides)
     return task
 

@@ -1,15 +1,16 @@
 """Executing a planned stage: in this process, or as a SkyPilot job running the same CLI.
 
-Local (compute.backend=local): the stage function runs here on local folders; gs:// inputs are
-downloaded (and cached) by the storage layer first, and a gs:// output is written to a staging
-folder and published with its completion marker afterwards.
+Local (compute.backend=local): the stage function runs here with the planned URIs; the stage itself
+downloads gs:// inputs (cached) and publishes a gs:// output with its completion marker
+(wrinklefree_core/stages/artifact_io.py), exactly as `wrinklefree <stage> out=gs://...` does.
 
 SkyPilot (compute.backend=skypilot): tasks/skypilot_task.py builds the job (`wrinklefree <stage>
-... compute.backend=local` on the node) and tasks/skypilot_launch.py runs it to the end. The stage
-code on the node writes local paths only, so gs:// URIs of the configured bucket are handed to it
-as their mount paths (/checkpoints/...). When the job is done, stage.json (metrics) and
-verification.json are read back from the bucket; the artifact itself stays there. Both modules are
-imported only here, so local runs never import SkyPilot.
+... compute.backend=local` on the node) and tasks/skypilot_launch.py runs it to the end. gs:// URIs
+of the configured bucket are handed to the job as their mount paths (/checkpoints/...); the job
+declares the mount (WRINKLEFREE_BUCKET_MOUNTS), so the stage seals its output with the completion
+marker after writing it. When the job is done, the marker is required (a folder without one is a
+partial artifact) and stage.json (metrics) and verification.json are read back from the bucket; the
+artifact itself stays there. Both modules are imported only here, so local runs never import SkyPilot.
 
 The training stage nests its MLflow run under the run named in WRINKLEFREE_MLFLOW_PARENT_RUN_ID:
 set around the in-process call, and passed into the SkyPilot job's environment.
@@ -22,7 +23,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tasks.mlflow_runs import PARENT_RUN_ENV
 from tasks.stage_plan import StagePlan, StageUnavailableError, is_remote
@@ -57,19 +57,7 @@ def parent_env(parent_run_id: str | None) -> Iterator[None]:
 
 def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
     """Run the stage in this process (module docstring)."""
-    from wrinklefree_core.storage.artifacts import publish_output, resolve_input, staging_dir
-
-    cfg = plan.cfg
-    updates: dict[str, Any] = {}
-    if cfg.checkpoint and is_remote(cfg.checkpoint):
-        updates["checkpoint"] = str(resolve_input(cfg.checkpoint, cfg.gcs))
-    remote = is_remote(plan.folder_uri)
-    work = staging_dir(plan.folder_uri) if remote else Path(plan.folder_uri)
-    if remote and not any(work.iterdir()):
-        work.rmdir()  # the stage creates the folder itself (convert refuses an existing non-checkpoint one)
-    local_out = work / plan.out_uri.rsplit("/", 1)[-1] if plan.writes_file else work
-    updates["out"] = str(local_out)
-    cfg = cfg.model_copy(update=updates)
+    cfg = plan.cfg.model_copy(update={"out": plan.out_uri})
     summary = ""
     if plan.stage == "convert":
         from wrinklefree_core.stages.convert import run_convert
@@ -84,9 +72,7 @@ def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
 
         with parent_env(parent_run_id):
             result = run_train(cfg)
-    if remote:
-        publish_output(work, plan.folder_uri, cfg.gcs)
-    return StageRun(dict(result.metrics), summary, Path(result.out), str(result.out))
+    return StageRun(dict(result.metrics), summary, Path(result.out), result.location)
 
 
 def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str], None]) -> StageRun:
@@ -121,18 +107,24 @@ def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str]
 
 
 def fetch_records(plan: StagePlan) -> Path:
-    """stage.json and verification.json of a gs:// output, copied into a scratch folder.
+    """stage.json and verification.json of a sealed gs:// output, copied into a scratch folder.
 
-    The job wrote them through the bucket mount, which leaves no completion marker, so the storage
-    layer's verified folder download does not apply; these two small files are all the recorder needs.
+    Only these two small files are read (the recorder needs nothing else); the whole artifact stays
+    in the bucket. Raises IncompleteUploadError when the output has no completion marker.
     """
     from wrinklefree_core.paths import cache_dir
     from wrinklefree_core.stages.manifest import MANIFEST_NAME
-    from wrinklefree_core.storage.gcs import GCSStore
+    from wrinklefree_core.storage.gcs import GCSStore, IncompleteUploadError
     from wrinklefree_core.storage.uri import parse_uri
 
     uri = parse_uri(plan.folder_uri)
-    bucket = GCSStore(plan.cfg.gcs).client.bucket(uri.bucket)
+    store = GCSStore(plan.cfg.gcs)
+    if not store.is_complete(uri):
+        raise IncompleteUploadError(
+            f"the SkyPilot job finished but {plan.folder_uri} has no completion marker, so it is a partial "
+            "artifact (the job did not seal it); re-run the stage"
+        )
+    bucket = store.client.bucket(uri.bucket)
     dest = cache_dir() / "staging" / "skypilot" / plan.key[:16]
     dest.mkdir(parents=True, exist_ok=True)
     for name in (MANIFEST_NAME, "verification.json"):

@@ -9,6 +9,8 @@ Commands:
   options   list the options of every config group
 
 Overrides use the config syntax documented in docs/configuration.md (`group=option`, `a.b=value`).
+Inputs (`model=`, `checkpoint=`, `teacher=`) and `out=` may be gs://bucket/prefix URIs; with
+`gcs.enabled=true gcs.bucket=NAME` and no `out=`, outputs go to that bucket (stages/artifact_io.py).
 Errors exit non-zero with one line that says what is wrong and what to use instead.
 """
 
@@ -63,10 +65,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"converting model={cfg.model.name} (source={cfg.model.source}, subln={cfg.bitnet.subln}) ...", flush=True)
     result = run_convert(cfg)
     if args.json:
-        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+        print(json.dumps({"out": result.location, "metrics": result.metrics}))
     else:
         m = result.metrics
-        print(f"wrote BitNet checkpoint: {result.out}")
+        print(f"wrote BitNet checkpoint: {result.location}")
         print(
             f"  {int(m['bitlinear_modules'])} BitLinear modules, {int(m['ternary_params']):,} ternary + "
             f"{int(m['full_precision_params']):,} full-precision params, "
@@ -84,10 +86,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"exporting {cfg.checkpoint} as {cfg.export.format} ...", flush=True)
     result, summary = run_export(cfg)
     if args.json:
-        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+        print(json.dumps({"out": result.location, "metrics": result.metrics}))
     else:
         print(summary)
-        print(f"wrote {result.out}")
+        print(f"wrote {result.location}")
     return 0
 
 
@@ -106,11 +108,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not result.metrics:  # a non-zero rank of a multi-device run: rank 0 reports
         return 0
     if args.json:
-        print(json.dumps({"out": str(result.out), "metrics": result.metrics}))
+        print(json.dumps({"out": result.location, "metrics": result.metrics}))
     else:
         m = result.metrics
         parts = ", ".join(f"{k}={m[k]:.4f}" for k in ("loss", "ce", "dlm", "logits_kd", "attention_kd", "lrc") if k in m)
-        print(f"wrote BitNet checkpoint: {result.out}")
+        print(f"wrote BitNet checkpoint: {result.location}")
         print(
             f"  step {int(m['step'])}: {parts}; held-out perplexity {m['val/ppl']:.2f}; "
             f"{int(m['tokens']):,} tokens in {m['train_seconds']:.1f} s"
@@ -120,11 +122,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from wrinklefree_core.config import compose
+    from wrinklefree_core.stages.artifact_io import local_inputs
     from wrinklefree_core.training.evaluate import run_eval
 
     cfg = compose("eval", args.overrides)
     _quiet_libraries()
-    result = run_eval(cfg)
+    local_cfg, _ = local_inputs(cfg)
+    result = run_eval(local_cfg)
+    if cfg.checkpoint:
+        result["checkpoint"] = cfg.checkpoint  # the URI asked for, not the local download
     if args.json:
         print(json.dumps(result))
     else:

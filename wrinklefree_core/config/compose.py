@@ -2,7 +2,7 @@
 
 Command-line syntax (the same for every stage):
 - `group=option` picks `configs/<group>/<option>.yaml` for a group (model, training, data, compute);
-  `model=` also takes a path to a local HF model folder.
+  `model=` also takes a path to a local HF model folder, or a gs:// URI of one.
 - `a.b.c=value` overrides one field; the value is parsed as YAML (`true`, `3`, `[a, b]`, `null`).
 - `key=value` for a top-level field (`out=DIR`, `seed=1`); `format=` is short for `export.format=`.
 
@@ -74,6 +74,10 @@ def _group_config(group: str, option: str) -> dict[str, Any]:
     if group == "model" and Path(option).expanduser().is_dir():
         folder = Path(option).expanduser().resolve()
         return {"name": folder.name, "source": "hf", "path": str(folder), "package": None, "gguf_file": None}
+    if group == "model" and option.startswith("gs://"):
+        # Downloaded by the stage that reads it (stages/artifact_io.py); composing does no I/O.
+        name = option.rstrip("/").rsplit("/", 1)[-1]
+        return {"name": name, "source": "hf", "path": option, "package": None, "gguf_file": None}
     options = group_options(group)
     hint = _suggest(option, options)
     extra = " (or a path to a local HF model folder)" if group == "model" else ""

@@ -1,15 +1,16 @@
 """The convert stage: full-precision HF model -> BitNet checkpoint folder.
 
-Steps: materialize the source model as an HF folder (cached), load it, swap attention/MLP linears for
-BitLinear and insert SubLN per `cfg.bitnet`, save the checkpoint with its tokenizer and stage.json in
-one atomic rename. No training happens here; metrics describe the conversion (parameter split,
-fraction of ternary zeros, time).
+Steps: materialize the source model as an HF folder (cached; a gs:// `model=` folder is downloaded),
+load it, swap attention/MLP linears for BitLinear and insert SubLN per `cfg.bitnet`, save the
+checkpoint with its tokenizer and stage.json in one atomic rename, then publish it (a gs:// `out=` is
+uploaded with its completion marker, see artifact_io.py). No training happens here; metrics describe
+the conversion (parameter split, fraction of ternary zeros, time).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet
 from wrinklefree_core.models.convert import convert_to_bitnet
 from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
 from wrinklefree_core.quant.reference import ternarize_weight
+from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 
 
@@ -27,8 +29,14 @@ from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, mani
 class StageResult:
     """What a stage produced."""
 
-    out: Path
+    out: Path  # the artifact on this machine (for a gs:// output, the local copy that was uploaded)
     metrics: dict[str, float]
+    uri: str = field(default="")  # where the artifact was published (gs://... or the local path)
+
+    @property
+    def location(self) -> str:
+        """The published location, as the next stage should be given it."""
+        return self.uri or str(self.out)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -57,23 +65,24 @@ def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
 
 
 def run_convert(cfg: RunConfig) -> StageResult:
-    """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out`."""
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if str(out).startswith("gs://"):
-        raise ValueError("convert writes to a local folder; gs:// outputs arrive with the storage layer")
-    if out.exists() and not is_bitnet_checkpoint(out):
+    """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out` (local folder or gs://)."""
+    target = plan_output(cfg, default_out(cfg))
+    out = target.local
+    if out.exists() and not (is_bitnet_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
         raise FileExistsError(
             f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out= or remove it."
         )
-    if cfg.model.source == "hf" and is_bitnet_checkpoint(Path(cfg.model.path).expanduser()):
-        raise ModelSourceError(f"{cfg.model.path} is already a BitNet checkpoint; pass the original HF model to convert")
     start = time.perf_counter()
-    source = materialize(cfg.model)
+    local_cfg, origins = local_inputs(cfg)
+    if local_cfg.model.source == "hf" and is_bitnet_checkpoint(Path(local_cfg.model.path).expanduser()):
+        raise ModelSourceError(f"{cfg.model.path} is already a BitNet checkpoint; pass the original HF model to convert")
+    source = materialize(local_cfg.model)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_hf_model(source, dtype=dtype)
     convert_to_bitnet(model, cfg.bitnet)
     metrics = conversion_metrics(model)
     metrics["convert_seconds"] = time.perf_counter() - start
-    manifest = build_manifest("convert", cfg.model_dump(mode="json"), {"source_model": str(source)}, metrics)
+    inputs = as_uris({"source_model": str(source)}, origins)
+    manifest = build_manifest("convert", cfg.model_dump(mode="json"), inputs, metrics)
     save_bitnet_checkpoint(model, out, cfg.bitnet, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)})
-    return StageResult(out=out, metrics=metrics)
+    return StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))

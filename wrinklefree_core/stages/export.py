@@ -4,6 +4,8 @@ GGUF: written, run in llama.cpp and compared with PyTorch before it is published
 (`export.verify=false` skips that); `verification.json` and `stage.json` land beside the file, so give
 each export its own folder (the default is `outputs/<checkpoint>-gguf/<checkpoint>.gguf`).
 HF: a folder that stock `transformers.AutoModelForCausalLM.from_pretrained` loads; stage.json inside.
+`checkpoint=` and `out=` may be gs:// URIs (artifact_io.py): for a GGUF the folder holding the file is
+what is uploaded, with its completion marker written last.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from wrinklefree_core.export.gguf_writer import format_report
 from wrinklefree_core.export.hf_export import export_hf
 from wrinklefree_core.export.verify import export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
+from wrinklefree_core.stages.artifact_io import local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 
 
 def default_out(cfg: RunConfig) -> Path:
     """Where the export goes when `out=` is not given."""
-    name = Path(cfg.checkpoint).name
+    name = Path(cfg.checkpoint.rstrip("/")).name
     if cfg.export.format == "gguf":
         return Path("outputs") / f"{name}-gguf" / f"{name}.gguf"
     return Path("outputs") / f"{name}-hf"
@@ -40,11 +43,13 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     if not cfg.checkpoint:
         raise CheckpointError("export needs checkpoint=DIR (a folder written by `wrinklefree convert` or a training stage)")
     start = time.perf_counter()
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    target = plan_output(cfg, default_out(cfg), is_file=cfg.export.format == "gguf")
+    out = target.local
+    checkpoint = local_path(cfg.checkpoint, cfg.gcs)
     metrics: dict[str, float] = {}
     if cfg.export.format == "gguf":
         out.parent.mkdir(parents=True, exist_ok=True)
-        report, verification = export_gguf(cfg.checkpoint, out, cfg.export)
+        report, verification = export_gguf(checkpoint, out, cfg.export)
         summary = format_report(report)
         metrics.update(file_bytes=report.file_bytes, f16_bytes=report.f16_bytes, size_vs_f16=report.file_bytes / report.f16_bytes)
         if verification is not None:
@@ -54,11 +59,14 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
             summary += f"\nverified in llama.cpp: passed (details in {out.parent / 'verification.json'})"
         manifest_folder = out.parent
     else:
-        report = export_hf(cfg.checkpoint, out, cfg.export)
+        report = export_hf(checkpoint, out, cfg.export)
         metrics.update(total_bytes=report.total_bytes, packed=float(report.packed))
         summary = f"wrote HF BitNet folder {out} ({report.total_bytes / 2**20:.1f} MiB, packed={report.packed})"
         manifest_folder = out
     metrics["export_seconds"] = time.perf_counter() - start
     manifest = build_manifest("export", cfg.model_dump(mode="json"), {"checkpoint": str(cfg.checkpoint)}, metrics)
     _write_manifest(manifest_folder, manifest_json(manifest))
-    return StageResult(out=out, metrics=metrics), summary
+    uri = target.publish(cfg.gcs)
+    if uri != str(out):
+        summary += f"\npublished to {uri}"
+    return StageResult(out=out, metrics=metrics, uri=uri), summary

@@ -3,7 +3,7 @@
 A stage works on local folders only:
 
     ckpt = resolve_input(cfg.checkpoint, cfg.gcs)        # local folder, or a verified cached download
-    work = staging_dir(cfg.out)                          # where to write the output
+    work = staging_dir(cfg.out)                          # where to write the output (work_dir: kept)
     ... write the output folder into `work` ...
     publish_output(work, cfg.out, cfg.gcs)               # no-op / move for local, upload for gs://
 
@@ -65,6 +65,21 @@ def staging_dir(uri: str | os.PathLike) -> Path:
     folder = cache_dir() / "staging" / parsed.bucket / key
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    return folder
+
+
+def work_dir(uri: str | os.PathLike) -> Path:
+    """A local folder for the work behind the gs:// output `uri` that, unlike staging_dir, is kept.
+
+    The same URI always maps to the same folder (cache_dir()/runs/<bucket>/<hash>), so a run that
+    keeps resumable state beside its output finds it again when the same command is re-run here.
+    """
+    parsed = parse_uri(uri)
+    if not isinstance(parsed, GCSURI):
+        raise StorageError(f"work_dir is for gs:// outputs; {uri} is a local path, write there directly.")
+    key = hashlib.sha256(str(parsed).encode()).hexdigest()[:16]
+    folder = cache_dir() / "runs" / parsed.bucket / key
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

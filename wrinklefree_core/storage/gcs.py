@@ -186,17 +186,23 @@ class GCSStore:
 
     # -------------------------------------------------------------------------------------- upload
 
-    def upload_folder(self, local_dir: str | os.PathLike, gs_uri: str | GCSURI) -> GCSURI:
+    def upload_folder(
+        self, local_dir: str | os.PathLike, gs_uri: str | GCSURI, *, skip_identical: bool = False
+    ) -> GCSURI:
         """Upload every file under `local_dir` to `gs_uri`, then write the completion marker last.
 
         An existing marker at `gs_uri` is removed first, so readers see "incomplete" rather than a
         mix of old and new files while the prefix is rewritten. Objects under the prefix that the new
         folder lacks are left in place and ignored by readers. Local files are only read.
+        `skip_identical`: objects already in the bucket with the file's size and CRC32C are not sent
+        again (a re-run after a failed upload, or a folder written through a mount of the bucket; a
+        top-level marker file seen through such a mount is a stale copy and is left out).
         Raises StorageError (BucketUnreachableError once retries run out). Returns the target URI.
         """
         target = _as_folder(gs_uri, "upload to")
         root = Path(local_dir)
-        manifest = scan_folder(root)
+        manifest = scan_folder(root, ignore_marker=skip_identical)
+        have = {i.path: i for i in self.list_prefix(target)} if skip_identical else {}
         bucket = self.client.bucket(target.bucket)
         marker = bucket.blob(target.object_name(MARKER_NAME))
         timeout = self.config.timeout_s
@@ -210,6 +216,9 @@ class GCSStore:
         self._call(drop_old_marker, bucket=target.bucket, what=f"remove the old completion marker of {target}")
         started = time.monotonic()
         for entry in manifest.files:
+            known = have.get(entry.path)
+            if known is not None and known.size == entry.size and known.crc32c == entry.crc32c:
+                continue
             self._call(
                 lambda entry=entry: self._upload_file(bucket, root, target, entry),
                 bucket=target.bucket,
@@ -248,6 +257,26 @@ class GCSStore:
                 f"{entry.path} arrived as {blob.size} bytes (crc32c {blob.crc32c}) but the local file was "
                 f"{entry.size} bytes (crc32c {entry.crc32c})"
             )
+
+    def delete_prefix(self, gs_uri: str | GCSURI) -> int:
+        """Delete every object of the artifact folder at `gs_uri`, its marker first; return how many.
+
+        Removing the marker first means a reader racing the deletion sees an incomplete upload, never
+        a complete folder with files missing.
+        """
+        target = _as_folder(gs_uri, "delete")
+        bucket = self.client.bucket(target.bucket)
+        names = sorted((info.path for info in self.list_prefix(target)), key=lambda p: p != MARKER_NAME)
+
+        def delete(name: str) -> None:
+            try:
+                bucket.blob(target.object_name(name)).delete(retry=None, timeout=self.config.timeout_s)
+            except api_exceptions.NotFound:
+                pass  # already gone (another cleaner, or a retried request that had succeeded)
+
+        for name in names:
+            self._call(lambda name=name: delete(name), bucket=target.bucket, what=f"delete {target.child(name)}")
+        return len(names)
 
     # ------------------------------------------------------------------------------------ download
 

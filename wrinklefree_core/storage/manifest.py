@@ -90,18 +90,20 @@ def crc32c_of_file(path: Path) -> str:
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
-def scan_folder(root: Path) -> Manifest:
+def scan_folder(root: Path, ignore_marker: bool = False) -> Manifest:
     """Build the manifest of every regular file under `root` (symlinks followed), without modifying anything.
 
-    Raises StorageError when `root` is not a folder or holds a top-level file named like the marker.
+    Raises StorageError when `root` is not a folder or holds a top-level file named like the marker
+    (unless `ignore_marker`: then that file is left out of the manifest).
     """
     if not root.is_dir():
         raise StorageError(f"Cannot upload {root}: it is not a folder (missing, or a file).")
-    if (root / MARKER_NAME).exists():
+    marker = root / MARKER_NAME
+    if marker.exists() and not ignore_marker:
         raise StorageError(
             f"{root} contains a file named {MARKER_NAME}, which is reserved for the completion marker; rename it."
         )
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p != marker)
     return Manifest(
         files=tuple(
             FileEntry(path=relative_posix(p, root), size=p.stat().st_size, crc32c=crc32c_of_file(p)) for p in paths

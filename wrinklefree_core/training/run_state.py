@@ -24,17 +24,30 @@ Design choices:
   temp folders of a killed writer are deleted by `recover()` too.
 - run.json is small and read before anything heavy is built, so a resume can check that the
   config still matches and reuse the inputs (teacher, source model) and the MLflow run.
+- With a gs:// output the state is mirrored to `gs://.../OUT.state/checkpoints/step-N/` (storage/
+  checkpoints.py): every published `last` is uploaded right after the local rename (marker last,
+  older steps deleted afterwards), and `pull()` puts the bucket's newest complete checkpoint in
+  place of an older or missing local one before a resume. A failed upload is reported and training
+  goes on: the local checkpoint is intact, and the next checkpoint (or the final publish) retries.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
+
+if TYPE_CHECKING:
+    from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
+
+log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 TRAINER_STATE = "trainer_state.pt"
@@ -65,12 +78,16 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class RunState:
-    """The `OUT.state/checkpoints` folder of one run."""
+    """The `OUT.state/checkpoints` folder of one run, optionally mirrored to a bucket (`remote`)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, remote: RemoteCheckpoints | None = None):
         self.root = state_root(out)
         self.checkpoints = self.root / "checkpoints"
         self.last = self.checkpoints / "last"
+        self.remote = remote
+        self.on_upload_error: Callable[[Exception], None] = lambda exc: log.warning(
+            "could not upload the checkpoint to the bucket, training goes on (%s)", exc
+        )
 
     # ------------------------------------------------------------------------------------------ read
 
@@ -105,8 +122,30 @@ class RunState:
             shutil.rmtree(path, ignore_errors=True)
 
     def clear(self) -> None:
-        """Delete the whole state folder (training.resume=never starts from scratch)."""
+        """Delete the whole state folder, and its mirror (training.resume=never starts from scratch)."""
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.remote is not None:
+            self.remote.clear()
+
+    def pull(self) -> int | None:
+        """Make the bucket's newest complete checkpoint `last` when it is newer than the local one.
+
+        Returns its step, or None when the local state is as new (or there is no mirror/checkpoint).
+        Marker-less step folders in the bucket are never considered.
+        """
+        if self.remote is None:
+            return None
+        self.recover()
+        latest = self.remote.latest()
+        local_step = self.read_meta()["step"] if self.has_checkpoint() else -1
+        if latest is None or latest[0] <= local_step:
+            return None
+        step = latest[0]
+        tmp = self.temp_dir(step)
+        tmp.rmdir()  # the download creates it, atomically
+        self.remote.download(step, tmp)
+        self.publish(tmp, step, upload=False)
+        return step
 
     def temp_path(self, step: int) -> Path:
         """Where the checkpoint of `step` is assembled (the same name on every rank)."""
@@ -120,8 +159,11 @@ class RunState:
         tmp.mkdir(parents=True)
         return tmp
 
-    def publish(self, tmp: Path, step: int) -> Path:
-        """Make the complete checkpoint in `tmp` the new `last`; the previous one goes only afterwards."""
+    def publish(self, tmp: Path, step: int, upload: bool = True) -> Path:
+        """Make the complete checkpoint in `tmp` the new `last`; the previous one goes only afterwards.
+
+        With a mirror, `last` is then uploaded (unless `upload` is False: it came from the bucket).
+        """
         _fsync_tree(tmp)
         old = self.checkpoints / f"{_OLD_PREFIX}{step}"
         if old.exists():
@@ -131,7 +173,20 @@ class RunState:
         os.rename(tmp, self.last)
         _fsync_dir(self.checkpoints)
         shutil.rmtree(old, ignore_errors=True)
+        if upload and self.remote is not None:
+            self._upload(step)
         return self.last
+
+    def _upload(self, step: int) -> None:
+        from wrinklefree_core.storage.uri import StorageError
+
+        started = time.monotonic()
+        try:
+            uri = self.remote.upload(self.last, step)
+        except StorageError as exc:
+            self.on_upload_error(exc)
+            return
+        log.info("uploaded the checkpoint of step %d to %s in %.1fs", step, uri, time.monotonic() - started)
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -30,6 +30,14 @@ Design choices:
   costs about as much as a few training steps (forward only), whatever the corpus or model size;
   `wrinklefree eval` scores every held-out row.
 - Only global rank 0 touches the state folder, OUT and the tracking store.
+- gs:// (stages/artifact_io.py): inputs are downloaded (the config keeps their URIs, so a resume on
+  another machine compares equal); a gs:// OUT is trained in a kept local folder
+  (cache_dir()/runs/...), its state mirrored to `OUT.state/checkpoints/step-N/` in the bucket
+  (run_state.py), and OUT uploaded with its completion marker when training ends. On a machine
+  without the local state, `resume=auto` first pulls the newest complete checkpoint from the bucket.
+  The pull happens in the launching process before Lightning starts other ranks; processes
+  started together by torchrun would each need the checkpoint first (not handled yet). A resumed run
+  whose MLflow run is not in this machine's tracking store continues in a new MLflow run.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.objectives import ObjectiveManager
+from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.training.errors import ResumeError
@@ -191,13 +200,26 @@ def _use_sdpa(model: torch.nn.Module) -> None:
         setter("sdpa")
 
 
+def _teacher_folder(cfg: RunConfig, inputs: dict[str, str], resume: dict[str, Any] | None) -> Path:
+    """The teacher's local folder; a gs:// teacher (given, recorded, or the chain's source model) is downloaded."""
+    if resume is not None:
+        return Path(local_path(inputs["teacher"], cfg.gcs))
+    source = inputs.get("source_model")
+    return teacher_path(cfg, {**inputs, "source_model": local_path(source, cfg.gcs)} if source else inputs)
+
+
 def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, settings: dict[str, Any]):
-    """(student with its trainable parameters set, ObjectiveManager, frozen teacher or None)."""
+    """(student with its trainable parameters set, ObjectiveManager, frozen teacher or None).
+
+    `student.inputs` name gs:// inputs by their URIs, local ones by their paths.
+    """
+    local_cfg, origins = local_inputs(cfg)
     if resume is not None:
         student = load_checkpoint_student(state.last / MODEL_DIR)
         student.inputs = dict(resume["inputs"])
     else:
-        student = load_student(cfg)
+        student = load_student(local_cfg)
+        student.inputs = as_uris(student.inputs, origins)
     student = prepare_trainable(student, cfg.training, cfg.seed)
     try:
         objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=student.tokenizer.mask_token_id)
@@ -205,8 +227,9 @@ def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, sett
         raise ConfigError(f"training={cfg.training.name}: {exc}") from None
     teacher = None
     if objectives.needs_teacher:
-        path = Path(student.inputs["teacher"]) if resume is not None else teacher_path(cfg, student.inputs)
-        student.inputs["teacher"] = str(path)
+        path = _teacher_folder(local_cfg, student.inputs, resume)
+        if resume is None:
+            student.inputs["teacher"] = as_uris({"teacher": str(path)}, origins)["teacher"]
         teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
     if settings["accelerator"] == "gpu":
         for model in (student.model, teacher):
@@ -231,15 +254,18 @@ def run_train(cfg: RunConfig) -> StageResult:
     from wrinklefree_core.training.tracking import build_logger, log_config, log_final
 
     started = time.perf_counter()
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
-    if str(out).startswith("gs://"):
-        raise ValueError("train writes to a local folder; gs:// outputs arrive with the storage layer")
+    target = plan_output(cfg, default_out(cfg), keep=True)
+    out = target.local
     if out.exists() and not (is_bitnet_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
         raise FileExistsError(f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out=")
     is_zero = rank_zero_only.rank == 0
     _quiet()
     settings = trainer_settings(cfg)
-    state = RunState(out)
+    state = RunState(out, _remote_state(target, cfg))
+    if is_zero and cfg.training.resume == "auto":
+        pulled = state.pull()
+        if pulled is not None:
+            print(f"resuming from the bucket's checkpoint of step {pulled} ({state.remote.step_uri(pulled)})", flush=True)
     resume = _resume_meta(cfg, state, is_zero)
     seed_everything(cfg.seed, workers=False, verbose=False)
 
@@ -271,13 +297,14 @@ def run_train(cfg: RunConfig) -> StageResult:
     stage = stage_name(cfg)
     config = cfg.model_dump(mode="json")
     trainable, total = trainable_count(student.model)
+    run_id = _known_run(cfg, resume.get("mlflow_run_id")) if resume is not None else None
     logger = build_logger(
         cfg,
         run_name=f"{stage}-{cfg.model.name}-{cfg.training.name}",
-        tags={"stage": stage, "recipe": cfg.training.name, "model": cfg.model.name, "out": str(out)},
-        run_id=resume.get("mlflow_run_id") if resume is not None else None,
+        tags={"stage": stage, "recipe": cfg.training.name, "model": cfg.model.name, "out": target.uri},
+        run_id=run_id,
     )
-    if resume is None:
+    if run_id is None:
         log_config(logger, config, {"resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
     throughput = Throughput(seq_len)
 
@@ -354,7 +381,35 @@ def run_train(cfg: RunConfig) -> StageResult:
         student.model, out, student.settings, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)}
     )
     log_final(logger, metrics, trainer.global_step, [out / MANIFEST_NAME])
-    return StageResult(out=out, metrics=metrics)
+    return StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))
+
+
+def _remote_state(target: OutputTarget, cfg: RunConfig):
+    """The bucket mirror of the resumable state of a gs:// OUT (None for local and mounted outputs)."""
+    if target.remote is None or target.mounted:
+        return None
+    from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
+    from wrinklefree_core.storage.uri import GCSURI
+
+    uri = GCSURI(target.remote.bucket, f"{target.remote.prefix}.state/checkpoints")
+    return RemoteCheckpoints(uri, cfg.gcs)
+
+
+def _known_run(cfg: RunConfig, run_id: str | None) -> str | None:
+    """`run_id` when this machine's tracking store has that MLflow run, else None (a new run is started)."""
+    if not run_id:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from wrinklefree_core.training.tracking import tracking_uri
+
+    try:
+        MlflowClient(tracking_uri(cfg.tracking.mlflow_uri)).get_run(run_id)
+    except MlflowException:
+        print(f"MLflow run {run_id} of the checkpoint is not in this tracking store; continuing in a new run", flush=True)
+        return None
+    return run_id
 
 
 def _last_step_metrics(module) -> dict[str, float]:

@@ -10,6 +10,9 @@ Design choices:
   SKYPILOT_* variables a one-node job gets, on a tiny model: the same bytes a cluster would run.
 - The torchrun line is checked two ways: parsed as words, and expanded by bash with `torchrun`
   shadowed by a function that prints its arguments (real torchrun would start a rendezvous).
+- The bucket mount is played by a local folder (the run line's /checkpoints and the job's mount
+  declaration both point there) and the bucket by fake-gcs-server: the stage must seal its output
+  with the completion marker, and the read-back must refuse an output without one.
 """
 
 from __future__ import annotations
@@ -47,8 +50,14 @@ from tasks.skypilot_task import (
     run_command_for,
     stage_command,
 )
+from tasks.stage_exec import fetch_records
+from tasks.stage_plan import StagePlan
+from tests.storage.conftest import bucket, emulator, emulator_server  # noqa: F401 - fixtures
 from wrinklefree_core.config import compose
 from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.storage.gcs import GCSStore, IncompleteUploadError
+from wrinklefree_core.storage.manifest import MARKER_NAME
+from wrinklefree_core.storage.mounts import MOUNTS_ENV
 
 MULTI = [
     "compute=skypilot_h100x8_2nodes",
@@ -243,6 +252,34 @@ def test_run_command_converts_a_tiny_model_locally(tmp_path: Path):
     assert manifest.config["compute"]["backend"] == "local"  # the job ran the stage on its node
     assert manifest.config["compute"]["accelerators"] == "H100:1"
     print(f"run command took {time.monotonic() - start:.1f} s")
+
+
+def test_run_command_seals_its_output_in_the_bucket_mount(bucket, tmp_path: Path):  # noqa: F811
+    overrides = ["model=tiny_llama", "compute=skypilot_h100", f"gcs.bucket={bucket}", f"out={CHECKPOINT_MOUNT}/runs/tiny"]
+    task = task_for("convert", overrides)
+    assert task.envs[MOUNTS_ENV] == f"{CHECKPOINT_MOUNT}=gs://{bucket}"
+    folder_uri = f"gs://{bucket}/runs/tiny"
+    plan = StagePlan("convert", overrides, compose("convert", overrides), "0" * 16, folder_uri, folder_uri)
+
+    # What a job that died after the mount flushed some files leaves behind: no marker, so no artifact.
+    mount = tmp_path / "checkpoints"
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "stage.json").write_text("{}")
+    GCSStore().client.bucket(bucket).blob("runs/tiny/stage.json").upload_from_filename(str(partial / "stage.json"))
+    with pytest.raises(IncompleteUploadError, match="partial artifact"):
+        fetch_records(plan)
+
+    env = one_node_env(task)
+    env[MOUNTS_ENV] = f"{mount}=gs://{bucket}"
+    run = task.run.replace(CHECKPOINT_MOUNT, str(mount))
+    proc = subprocess.run(["bash", "-c", run], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = {p.name for p in (mount / "runs" / "tiny").iterdir()}
+    assert {"model.safetensors", "stage.json"} <= written and MARKER_NAME not in written
+    listing = {info.path for info in GCSStore().list_prefix(folder_uri)}
+    assert listing == written | {MARKER_NAME}
+    assert read_manifest(fetch_records(plan)).stage == "convert"
 
 
 # --- launching without a cloud ----------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from wrinklefree_core.config.base import Section
 
@@ -18,10 +18,13 @@ class ComputeConfig(Section):
         "auto", description="Training precision; auto = bf16-mixed on GPU, fp32 on CPU."
     )
     accelerators: str = Field("H100:1", description="SkyPilot accelerator spec per node, e.g. H100:8.")
-    num_nodes: int = Field(1, gt=0, description="SkyPilot nodes; >1 runs torchrun across nodes with FSDP.")
+    devices: Literal["auto"] | PositiveInt = Field(
+        "auto", description="Training processes per node; auto = every GPU (1 on CPU, torchrun's count under torchrun). >1 on CPU uses gloo."
+    )
+    num_nodes: int = Field(1, gt=0, description="Nodes; >1 runs torchrun across SkyPilot nodes (FSDP unless strategy says ddp).")
     cloud: str | None = Field(None, description="SkyPilot cloud (null = any enabled cloud).")
     region: str | None = Field(None, description="SkyPilot region (null = any).")
     disk_size_gb: int = Field(256, gt=0, description="Boot disk size of each node.")
     use_spot: bool = Field(False, description="Use spot instances.")
     teardown: bool = Field(True, description="Tear the cluster down when the job ends.")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Multi-GPU strategy; auto = ddp on 1 node, fsdp on many.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Data-parallel strategy for >1 process; auto = ddp on 1 node, fsdp (FSDP2) on many.")

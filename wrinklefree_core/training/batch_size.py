@@ -13,12 +13,16 @@ what a real step costs. This is the same search, run directly on the real step:
   until one fits; the answer is the largest size that fitted. Out-of-memory is the only signal.
 - The module's DLM generator is restored afterwards and trials draw from their own generator, so
   the search leaves no trace in the run's random streams.
-- On CPU there is no memory limit to find: the configured batch size is kept.
+- On CPU there is no memory limit to find (no out-of-memory signal, only swapping): the configured
+  batch size is kept. The search itself (`search_batch_size`) and the trial step run on CPU too.
+- One device only: with several processes each would search on its own and could settle on
+  different sizes, so distributed.py refuses `auto_batch_size` with more than one process.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 import torch
 
@@ -34,7 +38,8 @@ def _trial(module: BitNetTrainModule, rows: int, seq_len: int, vocab: int, devic
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = module.micro_step_loss(batch, step, module.objectives.needs_at(step, module.max_steps))
         out.loss.backward()
-        torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return True
     except torch.cuda.OutOfMemoryError:
         return False
@@ -42,6 +47,23 @@ def _trial(module: BitNetTrainModule, rows: int, seq_len: int, vocab: int, devic
         module.student.zero_grad(set_to_none=True)
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def search_batch_size(fits: Callable[[int], bool], start: int, max_batch_size: int) -> int:
+    """Largest size `fits` accepts: double from `start` up to `max_batch_size`, or halve; 0 if none fits.
+
+    At most log2(max_batch_size / start) + 1 trials going up and log2(start) going down.
+    """
+    size = min(start, max_batch_size)
+    if fits(size):
+        while size * 2 <= max_batch_size and fits(size * 2):
+            size *= 2
+        return size
+    while size > 1:
+        size //= 2
+        if fits(size):
+            return size
+    return 0
 
 
 def find_batch_size(
@@ -59,16 +81,10 @@ def find_batch_size(
     trainable = sum(p.numel() for p in module.student.parameters() if p.requires_grad)
     reserve = torch.empty(2 * trainable, dtype=torch.float32, device=device)
     try:
-        size = start
-        if _trial(module, size, seq_len, vocab, device, bf16):
-            while size * 2 <= max_batch_size and _trial(module, size * 2, seq_len, vocab, device, bf16):
-                size *= 2
-            return size
-        while size > 1:
-            size //= 2
-            if _trial(module, size, seq_len, vocab, device, bf16):
-                return size
-        raise RuntimeError(f"not even one sequence of {seq_len} tokens fits in GPU memory; lower training.seq_len")
+        size = search_batch_size(lambda rows: _trial(module, rows, seq_len, vocab, device, bf16), start, max_batch_size)
+        if size == 0:
+            raise RuntimeError(f"not even one sequence of {seq_len} tokens fits in GPU memory; lower training.seq_len")
+        return size
     finally:
         del reserve
         module.dlm_generator.set_state(generator_state)

@@ -10,8 +10,10 @@ Design choices:
   the prefetched one) keeps it, and `state_dict()` returns it. Loading it makes the next draw the
   batch that follows the last one trained on.
 - Data parallel: every rank draws the same global batch (world_size x rows) from an identically
-  seeded sampler and keeps its own slice, so all ranks hold the same sampler state and rank 0's
-  checkpoint is valid for all of them.
+  seeded sampler and keeps its own rows, so all ranks hold the same sampler state and rank 0's
+  checkpoint is valid for all of them. Rank r's micro-batch i is the r-th slice of the global
+  batch's micro-batch i, so the ranks together train on exactly the rows, micro-batch by
+  micro-batch, that one process with a world_size times larger batch_size would.
 - No DataLoader workers: drawing a batch is a few index lookups into packed token arrays in memory;
   a worker process would add latency and hide the sampler state from the main process.
 - Validation: each source's held-out rows are one map-style DataLoader (at most
@@ -37,18 +39,24 @@ DATA_STATE_KEY = "mixture_state"
 class MixtureStream(IterableDataset):
     """Endless per-step batches from a MixtureSampler, each tagged with the sampler state after it."""
 
-    def __init__(self, sampler: MixtureSampler, rows: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, sampler: MixtureSampler, rows: int, rank: int = 0, world_size: int = 1, micro_batches: int = 1):
         self.sampler = sampler
         self.rows = rows
         self.rank = rank
         self.world_size = world_size
+        self.micro_batches = micro_batches
+
+    def rank_rows(self) -> torch.Tensor:
+        """Indices of this rank's rows in the global batch (module docstring: data parallel)."""
+        global_rows = torch.arange(self.rows * self.world_size)
+        return global_rows.view(self.micro_batches, self.world_size, -1)[:, self.rank].reshape(-1)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        keep = self.rank_rows() if self.world_size > 1 else None
         while True:
             batch = self.sampler.sample(self.rows * self.world_size)
-            if self.world_size > 1:
-                lo, hi = self.rank * self.rows, (self.rank + 1) * self.rows
-                batch = {k: v[lo:hi] for k, v in batch.items()}
+            if keep is not None:
+                batch = {k: v[keep] for k, v in batch.items()}
             batch[DATA_STATE_KEY] = self.sampler.state_dict()
             yield batch
 
@@ -95,7 +103,7 @@ class BitNetDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Per-step batches; batch_size=None because the stream already yields whole batches."""
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
-        return DataLoader(MixtureStream(self.mixture, self.rows_per_step, rank, world), batch_size=None, num_workers=0)
+        return DataLoader(MixtureStream(self.mixture, self.rows_per_step, rank, world, self.grad_accumulation), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader of held-out rows per source, in `source_names` order."""

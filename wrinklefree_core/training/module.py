@@ -25,7 +25,9 @@ Design choices:
 - A term whose curriculum weight is 0 at this step costs nothing (the DLM forward is skipped in the
   CE-only phase), and only the captures an objective needs are taken (hidden states, Q/K/V).
 - DLM masks come from this module's own CPU generator (seeded from `seed`, checkpointed), so a
-  resumed run masks exactly the tokens the uninterrupted one would, on any device.
+  resumed run masks exactly the tokens the uninterrupted one would, on any device. Data-parallel
+  ranks draw the whole global micro-batch's masks and keep their rows' (distributed.py).
+- Under FSDP, `configure_model` shards the student (distributed.py) once the device mesh exists.
 - Checkpoint contents (Lightning's `trainer.save_checkpoint`, restored by `fit(ckpt_path=...)`):
   the weights are removed in `on_save_checkpoint` because the model folder beside the file holds
   them (the runner loads the student from it before fit); what this module adds is lambda warmup,
@@ -54,6 +56,7 @@ from torch import nn
 from wrinklefree_core.config.training import TrainingConfig
 from wrinklefree_core.objectives import LossInputs, ObjectiveManager, Requirements, capture_qkv
 from wrinklefree_core.quant.warmup import LambdaWarmup
+from wrinklefree_core.training.distributed import dlm_inputs_for_rank, mean_over_ranks, shard_student
 from wrinklefree_core.training.evaluate import token_nll
 from wrinklefree_core.training.optimizers import build_optimizer
 from wrinklefree_core.training.schedule import build_scheduler
@@ -148,6 +151,11 @@ class BitNetTrainModule(LightningModule):
         scheduler = build_scheduler(optimizer, self.training_cfg.schedule, self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_model(self) -> None:
+        # Lightning calls this once the processes are up; only the FSDP strategy sets a device mesh.
+        if self._device_mesh is not None:
+            shard_student(self.student, self._device_mesh["data_parallel"])
+
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
@@ -184,6 +192,8 @@ class BitNetTrainModule(LightningModule):
             for name, value in out.parts.items():
                 parts[name] = parts.get(name, 0.0) + value / len(micro_batches)
                 weighted[name] = weighted.get(name, 0.0) + out.weighted[name] / len(micro_batches)
+        # Logged and guarded numbers describe the global batch (one all-reduce under data parallelism).
+        total, parts, weighted = mean_over_ranks(self.trainer.strategy, total, parts, weighted)
         self.last_loss, self.last_parts = total, parts
 
         self._clip_stats = None
@@ -218,7 +228,8 @@ class BitNetTrainModule(LightningModule):
         inputs.hidden_states = s_out.hidden_states
         inputs.qkv = dict(student_qkv) if needs.qkv else None
         if needs.dlm_forward:
-            noisy, mask, t, maskable = self.objectives.dlm_inputs(ids.cpu(), labels.cpu(), generator=self.dlm_generator)
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+            noisy, mask, t, maskable = dlm_inputs_for_rank(self.objectives, ids.cpu(), labels.cpu(), self.dlm_generator, rank, world)
             inputs.dlm_logits = self.student(input_ids=noisy.to(ids.device), position_ids=positions).logits
             inputs.dlm_mask, inputs.dlm_t, inputs.dlm_maskable = mask.to(ids.device), t.to(ids.device), maskable.to(ids.device)
         return self.objectives.compute(inputs, step, self.max_steps)

@@ -20,11 +20,12 @@ Design choices:
   (teacher, source model) and batch size recorded in run.json are reused. A run whose last
   checkpoint is already at max_steps only re-writes OUT. `training.resume=never` deletes the state
   and starts over.
-- Precision: `compute.precision=auto` is bf16-mixed on CUDA and fp32 ("32-true") on CPU. More
-  than one device uses `compute.strategy` (auto: DDP on one node, FSDP across nodes). Only the
-  single-device path is exercised by the tests; ZClip's norm and the model-folder checkpoint
-  assume every rank holds full parameters (true under DDP), so FSDP still needs a sharded-norm
-  all-reduce and a full-state-dict gather before it can be relied on.
+- Devices, precision and strategy come from distributed.py: `compute.precision=auto` is bf16-mixed
+  on CUDA and fp32 ("32-true") on CPU; more than one process uses `compute.strategy` (auto: DDP on
+  one node, FSDP2 across nodes). `training.batch_size` is per process, so the global batch is
+  world_size times larger. Under FSDP the gradient norm (ZClip, NaN guard) is all-reduced over the
+  shards, checkpoints gather the full weights (same format as one process), and rank 0 reloads
+  the unsharded student from the last checkpoint for the final evaluation and OUT.
 - Validation during training and the final perplexity use the first held-out rows of each source:
   as many as VAL_STEPS training steps consume, at most VAL_MAX_TOKENS tokens. A validation then
   costs about as much as a few training steps (forward only), whatever the corpus or model size;
@@ -58,6 +59,7 @@ from wrinklefree_core.objectives import ObjectiveManager
 from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
 from wrinklefree_core.training.inputs import (
     load_checkpoint_student,
@@ -144,27 +146,6 @@ def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------------ trainer
-
-
-def trainer_settings(cfg: RunConfig) -> dict[str, Any]:
-    """accelerator, devices, num_nodes, precision and strategy for Lightning's Trainer."""
-    cuda = torch.cuda.is_available()
-    if cfg.compute.device == "cuda" and not cuda:
-        raise ConfigError("compute.device=cuda but no CUDA device is available; use compute.device=auto or cpu")
-    use_cuda = cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and cuda)
-    precision = cfg.compute.precision if cfg.compute.precision != "auto" else ("bf16-mixed" if use_cuda else "32-true")
-    devices = torch.cuda.device_count() if use_cuda else 1
-    strategy = "auto"
-    if devices * cfg.compute.num_nodes > 1:
-        auto = "fsdp" if cfg.compute.num_nodes > 1 else "ddp"
-        strategy = auto if cfg.compute.strategy == "auto" else cfg.compute.strategy
-    return {
-        "accelerator": "gpu" if use_cuda else "cpu",
-        "devices": devices,
-        "num_nodes": cfg.compute.num_nodes,
-        "precision": precision,
-        "strategy": strategy,
-    }
 
 
 def _progress_bar():
@@ -275,7 +256,7 @@ def run_train(cfg: RunConfig) -> StageResult:
     # Data and the train module.
     seq_len = cfg.training.seq_len
     batch_size = int(resume["batch_size"]) if resume is not None else cfg.training.batch_size
-    rows_per_step = batch_size * cfg.training.grad_accumulation
+    rows_per_step = batch_size * cfg.training.grad_accumulation * world_size(settings)
     val_rows = max(1, min(VAL_STEPS * rows_per_step, VAL_MAX_TOKENS // seq_len))
     datamodule = BitNetDataModule(cfg.data, tokenizer, seq_len, batch_size, cfg.training.grad_accumulation, val_max_sequences=val_rows)
     datamodule.setup("fit")
@@ -309,7 +290,9 @@ def run_train(cfg: RunConfig) -> StageResult:
     throughput = Throughput(seq_len)
 
     def write_model(folder: Path) -> None:
-        save_bitnet_checkpoint(student.model, folder, student.settings, tokenizer=tokenizer)
+        with full_weights(student.model):  # every rank enters: FSDP gathers the shards here
+            if is_zero:
+                save_bitnet_checkpoint(student.model, folder, student.settings, tokenizer=tokenizer)
 
     def meta() -> dict[str, Any]:
         return {
@@ -356,6 +339,9 @@ def run_train(cfg: RunConfig) -> StageResult:
         )
     if not trainer.is_global_zero:
         return StageResult(out=out, metrics={})
+    if is_sharded(student.model):
+        # The last checkpoint holds the final weights, gathered; evaluating the shards would need every rank.
+        student.model = load_checkpoint_student(state.last / MODEL_DIR).model
 
     # Final numbers, the output checkpoint, tracking.
     device = torch.device("cuda") if settings["accelerator"] == "gpu" else torch.device("cpu")

@@ -28,8 +28,9 @@ Design choices:
 - `state_dict()` / `load_state_dict()` carry the step count, EMA and warmup buffer: a resumed run
   clips exactly as the uninterrupted one would.
 - Call it after backward (and after any gradient unscaling), before optimizer.step(). Under DDP the
-  gradients are already all-reduced, so every rank computes the same norm; sharded gradients
-  (FSDP) would need the squared norm all-reduced first, which this class does not do.
+  gradients are already all-reduced, so every rank computes the same norm. Under FSDP each rank
+  holds gradient shards: the norm is then the global one (grad_norm.py all-reduces the squared
+  sum), so every rank clips by the same factor and keeps the same statistics.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from wrinklefree_core.training.grad_norm import global_grad_norm, local_values
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -98,9 +101,9 @@ class ZClip:
         """
         named = _named_grads(model_or_params)
         grads = [g for _, g in named]
-        norm = total_grad_norm(grads)
+        norm = global_grad_norm(grads)  # a collective when the gradients are FSDP shards
         if not math.isfinite(norm):
-            bad = [name for name, g in named if not bool(torch.isfinite(g).all())][:5]
+            bad = [name for name, g in named if not bool(torch.isfinite(local_values(g)).all())][:5]
             raise NonFiniteGradientError(
                 f"gradient norm is {norm} at step {self.steps}; non-finite gradients in {bad}. "
                 "Skip this batch, lower the learning rate, or check the loss for inf/nan."

@@ -12,8 +12,9 @@ Design choices:
 - Saved in `on_train_batch_end`, after the optimizer, scheduler and lambda have all advanced, so the
   state is that of a step boundary. A step that the NaN guard stops never reaches this hook, so no
   checkpoint is ever written from a non-finite state.
-- Every rank calls `trainer.save_checkpoint` (it is a collective for sharded strategies); only
-  global rank 0 touches the filesystem, and the temp folder name depends only on the step.
+- Every rank calls `write_model` and `trainer.save_checkpoint` (both are collectives for sharded
+  strategies); only global rank 0 touches the filesystem, and the temp folder name depends only on
+  the step.
 - `last_step` is the step of the newest published checkpoint (restored by the runner on resume), so
   the end-of-training save is skipped when the last periodic save already covered the final step.
 """
@@ -64,7 +65,7 @@ class ResumableCheckpoint(Callback):
         tmp = self.state.temp_path(step)
         if trainer.is_global_zero:
             self.state.temp_dir(step)
-            self.write_model(tmp / MODEL_DIR)
+        self.write_model(tmp / MODEL_DIR)  # collective (gathers FSDP shards); only rank 0 writes
         trainer.save_checkpoint(tmp / TRAINER_STATE, weights_only=False)  # collective; only rank 0 writes
         if trainer.is_global_zero:
             write_meta(tmp, {**self.meta(), "step": step})

@@ -9,6 +9,9 @@ Design choices:
 - The error names the failing optimizer step (1-based, the number of steps that would have been
   completed), what went non-finite (the loss and its parts, or the first parameters with non-finite
   gradients), and the last good checkpoint that `training.resume=auto` continues from.
+- Under FSDP a rank holds gradient shards: finiteness is all-reduced (grad_norm.py), so every rank
+  raises at the same step instead of one waiting for the others in the next collective. The names
+  in the message are those this rank's shards show (under FSDP possibly none on a given rank).
 - Cost: one host sync per step for a fused all-finite check over every gradient; ZClip syncs
   for the gradient norm anyway.
 """
@@ -21,6 +24,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from wrinklefree_core.training.errors import TrainingDivergedError
+from wrinklefree_core.training.grad_norm import grads_all_finite, local_values
 
 _MAX_NAMES = 5
 
@@ -33,16 +37,17 @@ class NaNGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         loss = getattr(pl_module, "last_loss", None)
+        named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        # Every rank enters this check (an all-reduce under FSDP), so all of them stop together.
+        grads_finite = grads_all_finite([g for _, g in named])
         problem = None
         if loss is not None and not bool(torch.isfinite(loss)):
             parts = ", ".join(f"{k}={float(v):.4g}" for k, v in getattr(pl_module, "last_parts", {}).items())
             problem = f"the loss is {float(loss)}" + (f" (parts: {parts})" if parts else "")
-        else:
-            named = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-            if named and not bool(torch.stack([torch.isfinite(g).all() for _, g in named]).all()):
-                bad = [n for n, g in named if not bool(torch.isfinite(g).all())]
-                more = f" and {len(bad) - _MAX_NAMES} more" if len(bad) > _MAX_NAMES else ""
-                problem = f"gradients are non-finite in {bad[:_MAX_NAMES]}{more} (loss {float(loss) if loss is not None else 'n/a'})"
+        elif not grads_finite:
+            bad = [n for n, g in named if not bool(torch.isfinite(local_values(g)).all())]
+            more = f" and {len(bad) - _MAX_NAMES} more" if len(bad) > _MAX_NAMES else ""
+            problem = f"gradients are non-finite in {bad[:_MAX_NAMES]}{more} (loss {float(loss) if loss is not None else 'n/a'})"
         if problem is not None:
             raise self._error(trainer.global_step + 1, problem)
 

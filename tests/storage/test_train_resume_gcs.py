@@ -11,10 +11,12 @@ equal an uninterrupted run's bit for bit (the same standard as tests/training/te
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +27,13 @@ from google.cloud import storage
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
+from tests.storage.conftest import EMULATOR_VAR, make_bucket, start_emulator
+from wrinklefree_core import cli as wf_cli
 from wrinklefree_core.config import compose
 from wrinklefree_core.storage.artifacts import resolve_input
 from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
 from wrinklefree_core.storage.manifest import MARKER_NAME
+from wrinklefree_core.training.run_state import RunState
 from wrinklefree_core.training.runner import run_train
 
 STEPS = 40
@@ -153,3 +158,32 @@ def test_killed_run_resumes_from_the_bucket_on_a_fresh_machine(bucket, emulator,
     assert complete_steps(bucket, state_prefix) == [STEPS]
     assert RemoteCheckpoints(f"gs://{bucket}/{state_prefix}").steps() == {STEPS: True}
     print(f"killed at step {killed_at}; resumed on a fresh cache and finished in {seconds:.1f} s")
+
+
+def test_bucket_lost_during_training(tmp_path, monkeypatch, capsys, caplog, one_thread):
+    """The emulator dies after the first checkpoint upload: training finishes on local state, the
+    failed uploads are reported, and the final publish fails with a clear error; nothing local is lost."""
+    own = start_emulator()  # this test kills its server, so it must not be the shared one
+    try:
+        monkeypatch.setenv(EMULATOR_VAR, own.url)
+        monkeypatch.setenv("WRINKLEFREE_CACHE", str(tmp_path / "cache"))
+        name = make_bucket(own.url)
+        state_prefix = "runs/train.state/checkpoints"
+
+        def kill_after_first_checkpoint() -> None:
+            while not complete_steps(name, state_prefix):
+                time.sleep(0.01)
+            own.server._process.kill()  # not stop(): that would also unset STORAGE_EMULATOR_HOST
+
+        threading.Thread(target=kill_after_first_checkpoint, daemon=True).start()
+        with caplog.at_level(logging.WARNING):
+            code = wf_cli.main(["train", *overrides(f"gs://{name}/runs/train")])
+        err = capsys.readouterr().err
+    finally:
+        own.stop()
+    assert code == 2, err
+    assert "after 3 attempts" in err and "storage emulator" in err
+    assert any("could not upload the checkpoint" in r.getMessage() for r in caplog.records)
+    local = Path(err.split("intact at ")[1].split(";")[0])
+    assert (local / "model.safetensors").is_file() and (local / "stage.json").is_file()
+    assert RunState(local).read_meta()["step"] == STEPS

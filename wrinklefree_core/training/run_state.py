@@ -131,12 +131,21 @@ class RunState:
         """Make the bucket's newest complete checkpoint `last` when it is newer than the local one.
 
         Returns its step, or None when the local state is as new (or there is no mirror/checkpoint).
-        Marker-less step folders in the bucket are never considered.
+        Marker-less step folders in the bucket are never considered. An unreachable bucket is an
+        error only when there is no local checkpoint to continue from.
         """
         if self.remote is None:
             return None
+        from wrinklefree_core.storage.retry import BucketUnreachableError
+
         self.recover()
-        latest = self.remote.latest()
+        try:
+            latest = self.remote.latest()
+        except BucketUnreachableError:
+            if not self.has_checkpoint():
+                raise  # nothing here to go on from, and the bucket may hold the run's progress
+            log.warning("could not reach the bucket; resuming from the local checkpoint %s", self.last)
+            return None
         local_step = self.read_meta()["step"] if self.has_checkpoint() else -1
         if latest is None or latest[0] <= local_step:
             return None

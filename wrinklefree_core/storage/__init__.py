@@ -6,6 +6,9 @@
 - cache.py: where verified downloads live locally, published atomically.
 - gcs.py: GCSStore, folder upload/download/listing on GCS.
 - artifacts.py: resolve_input / staging_dir / publish_output, what stages call.
+- checkpoints.py: RemoteCheckpoints, step-versioned resumable checkpoints under a gs:// prefix.
+- mounts.py: local folders that are mounts of a bucket (WRINKLEFREE_BUCKET_MOUNTS).
+- push.py: `python -m wrinklefree_core.storage.push LOCAL gs://...`, publish a finished folder by hand.
 
 Only uri.py is imported here: config sections validate with it, and gcs.py (google-cloud-storage)
 must not load for runs that never touch gs://.

@@ -11,7 +11,10 @@ Design choices:
   uploaded object is checked against the local size and CRC32C the server reports back.
 - Completion: the old `_COMPLETE` marker is deleted before a prefix is rewritten and the new one is
   written last (manifest.py), so a reader never consumes a half-uploaded or half-replaced folder.
-  Uploads only read local files: a failed upload never deletes or modifies them.
+  Uploads only read local files: a failed upload never deletes or modifies them. With
+  `skip_identical`, objects already holding a file's size and CRC32C are not sent again (a second
+  try, or a folder written through a mount of the bucket that only needs sealing).
+- Deleting a prefix removes its marker first, for the same reason.
 - Downloads are checked against the manifest twice (bucket metadata before, bytes after), land in
   the cache (cache.py) keyed by URI + marker generation, and are reused without downloading again.
   If the bucket cannot be reached, the newest cached copy of that URI is used with a warning, so a

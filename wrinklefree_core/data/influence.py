@@ -13,7 +13,7 @@ and inverts each rank-one term in closed form (Sherman-Morrison: (lambda I + g g
 
     s_k = (1/lambda) * [ v.g_k - (1/n) sum_i (v.g_i) (g_i.g_k) / (lambda + g_i.g_i) ].
 
-Only inner products appear: a = G v (n numbers) and the Gram matrix K = G G^T (n x n); D_l never
+Only inner products appear: a_i = v.g_i (n numbers) and the Gram matrix K_ik = g_i.g_k (n x n); D_l never
 enters beyond those products. With several layers the scores add up, each layer with its own
 lambda_l = damping * (1/(n D_l)) sum_i g_i.g_i (the paper's choice, damping = 0.1). The
 approximation is exact for n = 1 and tends to the exact value as lambda dominates G.
@@ -48,17 +48,26 @@ import torch
 def damping_lambda(grads: torch.Tensor, damping: float) -> float:
     """DataInf's lambda for one layer: damping * mean over examples of ||g_i||^2 / D (grads: [n, D])."""
     n, dim = grads.shape
-    return float(damping * grads.double().pow(2).sum() / (n * dim))
+    return float(damping * torch.linalg.vector_norm(grads, dim=1).double().pow(2).sum() / (n * dim))
+
+
+def products(grads: torch.Tensor, probe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v.g_i [n], Gram g_i.g_k [n, n]) in float64: the only use DataInf makes of the gradients."""
+    # Two fp32 matmuls over the [n, D] gradients are the whole cost (D = V * d can be tens of millions).
+    return (grads @ probe).double(), (grads @ grads.T).double()
+
+
+def datainf_from_products(a: torch.Tensor, gram: torch.Tensor, lam: float) -> torch.Tensor:
+    """s_k of the module docstring from `products` and lambda; float64 [n]."""
+    if lam <= 0:
+        raise ValueError(f"DataInf needs lambda > 0, got {lam}")
+    coef = a / (lam + gram.diagonal())  # (v.g_i) / (lambda + g_i.g_i)
+    return (a - (coef @ gram) / a.shape[0]) / lam
 
 
 def datainf_layer_scores(grads: torch.Tensor, probe: torch.Tensor, lam: float) -> torch.Tensor:
     """s_k of the module docstring for one layer: grads [n, D] (training rows), probe [D]; float64 [n]."""
-    if lam <= 0:
-        raise ValueError(f"DataInf needs lambda > 0, got {lam}")
-    a = (grads @ probe).double()  # v.g_i
-    gram = (grads @ grads.T).double()  # g_i.g_k
-    coef = a / (lam + gram.diagonal())  # (v.g_i) / (lambda + g_i.g_i)
-    return (a - (coef @ gram) / grads.shape[0]) / lam
+    return datainf_from_products(*products(grads, probe), lam)
 
 
 def datainf_scores(grads: Sequence[torch.Tensor], probes: Sequence[torch.Tensor], damping: float) -> torch.Tensor:
@@ -67,7 +76,9 @@ def datainf_scores(grads: Sequence[torch.Tensor], probes: Sequence[torch.Tensor]
         raise ValueError(f"need one probe gradient per layer, got {len(grads)} layers and {len(probes)} probes")
     total = torch.zeros(grads[0].shape[0], dtype=torch.float64, device=grads[0].device)
     for g, v in zip(grads, probes):
-        total += datainf_layer_scores(g, v, damping_lambda(g, damping))
+        a, gram = products(g, v)
+        lam = damping * float(gram.diagonal().sum()) / (g.shape[0] * g.shape[1])  # damping_lambda, from the Gram
+        total += datainf_from_products(a, gram, lam)
     return total
 
 

@@ -174,3 +174,22 @@ def test_credentials_are_not_in_the_config_or_the_output(bucket, tmp_path, monke
     printed = capsys.readouterr()
     assert secret not in err + printed.out + printed.err
     assert secret not in json.dumps(read_manifest(resolve_input(f"gs://{bucket}/runs/c")).model_dump())
+
+
+def test_train_reads_its_teacher_from_the_bucket_and_writes_to_it(bucket, capsys):
+    """Distillation with teacher=gs://... and out=gs://...: both named by their URIs in stage.json."""
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.models.sources import materialize
+
+    teacher = f"gs://{bucket}/models/tiny-hf"
+    GCSStore().upload_folder(materialize(compose("train", ["model=tiny_llama"]).model), teacher)
+    out = f"gs://{bucket}/runs/distill"
+    small = ["training.seq_len=32", "training.batch_size=2", "data.val_fraction=0.01", "training.val_every=100000"]
+    code, result, err = run(
+        capsys, "train", "model=tiny_llama", "training=bitdistill_full", f"teacher={teacher}", "training.max_steps=2", *small, f"out={out}", *FAST
+    )
+    assert code == 0, err
+    assert result["out"] == out and result["metrics"]["step"] == 2
+    manifest = read_manifest(resolve_input(out))
+    assert manifest.inputs["teacher"] == teacher
+    assert manifest.config["teacher"] == teacher

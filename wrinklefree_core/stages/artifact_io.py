@@ -1,9 +1,10 @@
 """Where a stage reads its input artifacts and writes its output: a local path, gs://, or a bucket mount.
 
 Stages compute on local folders only; this module maps the URIs of a RunConfig onto them and back.
-- Inputs (`checkpoint=`, a `model=` folder, `teacher=`) given as gs:// are downloaded, verified and
-  cached by storage.artifacts.resolve_input. The RunConfig itself keeps the URIs: stage.json and a
-  resumed run's config comparison see what was asked for, never one machine's cache path.
+- Inputs (`checkpoint=`, a `model=` folder) given as gs:// are downloaded, verified and cached by
+  storage.artifacts.resolve_input (the training stage fetches a gs:// teacher only when an objective
+  needs one). The RunConfig itself keeps the URIs: stage.json and a resumed run's config comparison
+  see what was asked for, never one machine's cache path.
 - An output (`out=`) becomes an OutputTarget, the local path the stage writes and how it is published:
     gs://...                     written to a local folder, then uploaded with the completion marker last;
     a folder in a bucket mount   written in place, then sealed: files the mount has not flushed yet are
@@ -47,7 +48,7 @@ def local_inputs(cfg: RunConfig) -> tuple[RunConfig, dict[str, str]]:
             origins[str(Path(local).resolve())] = uri
         return local
 
-    update: dict = {"checkpoint": resolve(cfg.checkpoint), "teacher": resolve(cfg.teacher)}
+    update: dict = {"checkpoint": resolve(cfg.checkpoint)}
     if cfg.model.source == "hf" and cfg.model.path:
         update["model"] = cfg.model.model_copy(update={"path": resolve(cfg.model.path)})
     return cfg.model_copy(update=update), origins

@@ -58,6 +58,7 @@ from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet
 from wrinklefree_core.objectives import ObjectiveManager
 from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
+from wrinklefree_core.storage.uri import is_remote
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
@@ -181,12 +182,22 @@ def _use_sdpa(model: torch.nn.Module) -> None:
         setter("sdpa")
 
 
-def _teacher_folder(cfg: RunConfig, inputs: dict[str, str], resume: dict[str, Any] | None) -> Path:
-    """The teacher's local folder; a gs:// teacher (given, recorded, or the chain's source model) is downloaded."""
+def _teacher(cfg: RunConfig, inputs: dict[str, str], resume: dict[str, Any] | None) -> tuple[str, Path]:
+    """(the teacher as stage.json names it, its local folder); a gs:// teacher is downloaded.
+
+    The teacher is `teacher=`, else the chain's source model (inputs.py); a resumed run reuses the
+    one its run.json records.
+    """
     if resume is not None:
-        return Path(local_path(inputs["teacher"], cfg.gcs))
-    source = inputs.get("source_model")
-    return teacher_path(cfg, {**inputs, "source_model": local_path(source, cfg.gcs)} if source else inputs)
+        named = inputs["teacher"]
+    elif cfg.teacher:
+        named = cfg.teacher
+    else:
+        named = inputs.get("source_model") or ""
+    if not is_remote(named):
+        path = Path(named) if resume is not None else teacher_path(cfg, inputs)
+        return str(path), path
+    return named, Path(local_path(named, cfg.gcs))
 
 
 def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, settings: dict[str, Any]):
@@ -208,9 +219,7 @@ def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, sett
         raise ConfigError(f"training={cfg.training.name}: {exc}") from None
     teacher = None
     if objectives.needs_teacher:
-        path = _teacher_folder(local_cfg, student.inputs, resume)
-        if resume is None:
-            student.inputs["teacher"] = as_uris({"teacher": str(path)}, origins)["teacher"]
+        student.inputs["teacher"], path = _teacher(cfg, student.inputs, resume)
         teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
     if settings["accelerator"] == "gpu":
         for model in (student.model, teacher):

@@ -19,13 +19,20 @@ from tasks import mlflow_runs
 
 
 def table_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows: label, runtime, per-source perplexity, overall perplexity, cache flag, artifact URI."""
+    """Flat rows: label, runtime, per-source perplexity, overall perplexity, its ratio to the teacher's,
+    cache flag, artifact URI.
+
+    The ratio (student / full-precision teacher, overall perplexity) is the number recovery is judged
+    by; it is left empty when the table has no teacher row.
+    """
+    teacher = next((e["perplexity"] for e in evals if e["label"] == "teacher"), None)
     rows = []
     for e in evals:
         row: dict[str, Any] = {"artifact": e["label"], "runtime": "llama.cpp" if e["kind"] == "gguf" else "torch"}
         for name, r in e["sources"].items():
             row[f"ppl {name}"] = round(r["perplexity"], 3)
         row["ppl"] = round(e["perplexity"], 3)
+        row["x teacher"] = round(e["perplexity"] / teacher, 2) if teacher and math.isfinite(e["perplexity"]) else ""
         row["cached"] = bool(e.get("cached", False))
         row["uri"] = e["uri"]
         rows.append(row)

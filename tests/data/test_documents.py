@@ -94,6 +94,13 @@ def test_package_python_docs():
     assert len(docs) > 100
 
 
+def test_package_licenses_is_one_document_per_licence_without_aliases():
+    docs = read_documents("package:licenses")
+    # GPL -> GPL-3 style aliases are symlinks: each text appears once.
+    assert len(docs) == len(set(docs)) >= 10
+    assert sum("GNU GENERAL PUBLIC LICENSE" in d for d in docs) == 3  # GPL-1, GPL-2, GPL-3
+
+
 def test_hub_id_without_network_says_to_pass_a_local_path():
     with pytest.raises(DataSourceError, match="local path"):
         resolve_source("wrinklefree-tests/no-such-dataset")

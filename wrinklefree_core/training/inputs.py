@@ -19,6 +19,9 @@ Trainable parameters:
 - every other recipe: all parameters train, embeddings, norms, SubLN and any LRC adapters included.
   The full-precision parts (embeddings/lm_head, norms) are what lets the network re-balance around
   the ternary projections; freezing them slows recovery, and they are a small share of the weights.
+- `training.frozen` then freezes the parameters whose names match its patterns (fnmatch), in any
+  recipe. A pattern that matches nothing is an error: a typo must not silently train everything.
+  A tied lm_head is the embedding tensor, named `model.embed_tokens.weight` once.
 
 Design choices:
 - The student trains in fp32 master weights whatever `model.dtype` is (bf16-mixed autocasts the
@@ -28,6 +31,7 @@ Design choices:
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ import torch
 import yaml
 from torch import nn
 
-from wrinklefree_core.config.compose import config_root
+from wrinklefree_core.config.compose import ConfigError, config_root
 from wrinklefree_core.config.model import ModelConfig
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.config.training import TrainingConfig
@@ -135,7 +139,20 @@ def prepare_trainable(student: Student, training: TrainingConfig, seed: int) -> 
         freeze_all_but_lrc(student.model)
     else:
         student.model.requires_grad_(True)
+    freeze_matching(student.model, training.frozen)
     return student
+
+
+def freeze_matching(model: nn.Module, patterns: list[str]) -> None:
+    """Set requires_grad=False on every parameter whose name matches one of `patterns` (fnmatch)."""
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            sample = ", ".join(names[:4])
+            raise ConfigError(f"training.frozen pattern {pattern!r} matches no parameter of the model (names look like: {sample}, ...)")
+        for name in matched:
+            model.get_parameter(name).requires_grad_(False)
 
 
 def trainable_count(model: nn.Module) -> tuple[int, int]:

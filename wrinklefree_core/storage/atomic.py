@@ -38,7 +38,8 @@ def _sibling(final: Path, kind: str, pid: int | None = None) -> Path:
     return final.parent / f".{final.name}.{kind}-{os.getpid() if pid is None else pid}"
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename or a new file inside it) to disk."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -56,7 +57,7 @@ def fsync_tree(folder: Path) -> None:
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
     for d in reversed(dirs):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _pid_running(pid: int) -> bool:
@@ -92,7 +93,7 @@ def recover_folder(final: str | os.PathLike) -> None:
     olds.sort(key=lambda p: p.stat().st_mtime)
     if olds and not final.exists():
         os.rename(olds.pop(), final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     for path in olds + dead_tmps:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -100,7 +101,7 @@ def recover_folder(final: str | os.PathLike) -> None:
 def _swap_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return
     old = _sibling(final, "old")
     if old.exists():
@@ -111,7 +112,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     except BaseException:
         os.rename(old, final)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -122,7 +123,7 @@ def _publish_first(tmp: Path, final: Path, complete: Callable[[Path], bool]) -> 
         if not complete(final):
             raise
         return  # another writer published first; the caller's finally discards ours
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 @contextlib.contextmanager

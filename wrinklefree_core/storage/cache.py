@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from wrinklefree_core.storage.atomic import fsync_tree
 from wrinklefree_core.storage.uri import GCSURI, StorageError
 
 _COPY_RE = re.compile(r"g(\d+)-[0-9a-f]*")
@@ -46,14 +47,6 @@ def newest_copy(entry: Path) -> Path | None:
     return max(copies, key=lambda p: int(_COPY_RE.fullmatch(p.name).group(1)), default=None)
 
 
-def _fsync_tree(folder: Path) -> None:
-    # The rename publishes the folder to other readers; make sure its files survive a power loss first.
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-
-
 def publish_copy(entry: Path, final: Path, uri: GCSURI, fill: Callable[[Path], None]) -> Path:
     """Let `fill(tmp)` write and verify the files into a temp folder, then rename it to `final`.
 
@@ -63,7 +56,8 @@ def publish_copy(entry: Path, final: Path, uri: GCSURI, fill: Callable[[Path], N
     tmp.mkdir(parents=True)
     try:
         fill(tmp)
-        _fsync_tree(tmp)
+        # The rename publishes the folder to other readers; its files must survive a power loss first.
+        fsync_tree(tmp)
         (entry / "uri.txt").write_text(f"{uri}\n", encoding="utf-8")
         try:
             os.rename(tmp, final)

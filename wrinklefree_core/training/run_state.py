@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
+from wrinklefree_core.storage.atomic import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:
     from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
@@ -59,22 +60,6 @@ _OLD_PREFIX = ".last.old-"
 def state_root(out: Path) -> Path:
     """The resumable-state folder of a run writing its final checkpoint to `out`."""
     return out.parent / f"{out.name}.state"
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RunState:
@@ -173,14 +158,14 @@ class RunState:
 
         With a mirror, `last` is then uploaded (unless `upload` is False: it came from the bucket).
         """
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         old = self.checkpoints / f"{_OLD_PREFIX}{step}"
         if old.exists():
             shutil.rmtree(old)
         if self.last.exists():
             os.rename(self.last, old)
         os.rename(tmp, self.last)
-        _fsync_dir(self.checkpoints)
+        fsync_dir(self.checkpoints)
         shutil.rmtree(old, ignore_errors=True)
         if upload and self.remote is not None:
             self._upload(step)

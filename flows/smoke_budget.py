@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wrinklefree_core.config.compose import config_root
 
 SMOKE_FILE = "pipeline/smoke.yaml"
+TRAINING_STAGES = ("train", "lrc", "distill")
 
 
 class SmokeBudget(BaseModel):
@@ -33,7 +34,7 @@ class SmokeBudget(BaseModel):
 
     def for_stage(self, stage: str) -> list[str]:
         """`common` then the stage's own list (the evaluation and convert/export only get `common`)."""
-        return self.common + list(getattr(self, stage, []) if stage in ("train", "lrc", "distill") else [])
+        return self.common + (getattr(self, stage) if stage in TRAINING_STAGES else [])
 
 
 @cache

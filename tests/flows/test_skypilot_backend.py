@@ -1,7 +1,9 @@
 """compute.backend=skypilot inside the stage task, without a cloud: the job it builds and what it reads back.
 
 SkyPilot cannot launch anything here (no credentials, no internet), so `launch_stage` is replaced by
-a recorder and the bucket read-back by a local stage.json; the sky.Task itself is the real one.
+a recorder that also plays the job's part in the bucket (a sealed output with its stage.json). The
+bucket is the real fake-gcs-server emulator, so the upstream digest and the read-back of the
+records run as they would against GCS; the sky.Task itself is the real one.
 """
 
 from __future__ import annotations
@@ -11,29 +13,35 @@ from pathlib import Path
 import tasks.stage_exec as stage_exec
 import tasks.stage_plan as stage_plan
 from tasks.mlflow_runs import PARENT_RUN_ENV
+from tests.storage.conftest import bucket, emulator, emulator_server  # noqa: F401 - fixtures
 from wrinklefree_core.stages.manifest import build_manifest, manifest_json
+from wrinklefree_core.storage.gcs import GCSStore
 
 
-def test_skypilot_stage_runs_the_cli_on_mounted_paths(monkeypatch, tmp_path: Path):
+def test_skypilot_stage_runs_the_cli_on_mounted_paths(monkeypatch, tmp_path: Path, bucket: str):  # noqa: F811
     import tasks.skypilot_launch as skypilot_launch
 
-    monkeypatch.setattr(stage_plan, "remote_digest", lambda uri, cfg=None: "digest-of-" + uri)
+    store = GCSStore()
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "stage.json").write_text(manifest_json(build_manifest("train", {}, {}, {"loss": 3.0})))
+    store.upload_folder(upstream, f"gs://{bucket}/runs/train/abc")
     launched = {}
 
     def fake_launch(task, cluster_name, **kwargs):
         launched.update(task=task, cluster=cluster_name, **kwargs)
+        # What the job leaves in the bucket: its sealed output, stage.json included.
+        job_out = tmp_path / "job-out"
+        job_out.mkdir()
+        (job_out / "stage.json").write_text(manifest_json(build_manifest("lrc", {}, {}, {"loss": 2.5})))
+        store.upload_folder(job_out, plan.folder_uri)
         return skypilot_launch.LaunchResult(cluster_name, job_id=7, attempts=1, seconds=12.0)
 
-    def fake_fetch(plan):
-        (tmp_path / "stage.json").write_text(manifest_json(build_manifest("train", {}, {}, {"loss": 2.5})))
-        return tmp_path
-
     monkeypatch.setattr(skypilot_launch, "launch_stage", fake_launch)
-    monkeypatch.setattr(stage_exec, "fetch_records", fake_fetch)
 
-    overrides = ["model=tiny_llama", "compute=skypilot_h100", "gcs.bucket=wf-bucket", "training.max_steps=5"]
-    plan = stage_plan.plan_stage("lrc", overrides, "gs://wf-bucket/runs/train/abc", "gs://wf-bucket/runs")
-    assert plan.out_uri == f"gs://wf-bucket/runs/lrc/{plan.key[:12]}"
+    overrides = ["model=tiny_llama", "compute=skypilot_h100", f"gcs.bucket={bucket}", "training.max_steps=5"]
+    plan = stage_plan.plan_stage("lrc", overrides, f"gs://{bucket}/runs/train/abc", f"gs://{bucket}/runs")
+    assert plan.out_uri == f"gs://{bucket}/runs/lrc/{plan.key[:12]}"
     lines: list[str] = []
     run = stage_exec.run_skypilot(plan, "parent-run-1", lines.append)
 

@@ -17,6 +17,23 @@ from wrinklefree_core.training.tracking import tracking_uri
 SMALL = ["training.seq_len=32", "training.batch_size=4", "data.val_fraction=0.01", "training.val_every=100000"]
 
 
+def unified_run(converted_dir: Path, out: Path, steps: int, every: int, *extra: str) -> list[str]:
+    """Overrides of a short `unified` run from `converted_dir` with a resumable checkpoint every `every` steps.
+
+    `extra` comes after the SMALL budget (so it can change the batch) and before `out=`.
+    """
+    return [
+        f"model={converted_dir}",
+        "training=unified",
+        f"training.max_steps={steps}",
+        f"training.checkpoint_every={every}",
+        "training.optimizer.lr=2e-3",
+        *SMALL,
+        *extra,
+        f"out={out}",
+    ]
+
+
 def cli_command(*args: str) -> list[str]:
     """argv of `wrinklefree ARGS` in a fresh interpreter, exactly as the console script runs it."""
     return [sys.executable, "-m", "wrinklefree_core.cli", *args]

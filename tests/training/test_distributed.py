@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from tests.training.common import SMALL, cli_command, history, run_cli
+from tests.training.common import cli_command, history, run_cli, unified_run
 from tests.training.test_resume import wait_for
 from wrinklefree_core.config import compose
 from wrinklefree_core.config.compose import ConfigError
@@ -41,17 +41,7 @@ CURVE_TOL = 1e-3
 
 
 def overrides(converted_dir: Path, out: Path, batch_size: int) -> list[str]:
-    return [
-        f"model={converted_dir}",
-        "training=unified",
-        f"training.max_steps={STEPS}",
-        f"training.checkpoint_every={EVERY}",
-        "training.optimizer.lr=2e-3",
-        *SMALL,
-        f"training.batch_size={batch_size}",
-        "training.grad_accumulation=2",
-        f"out={out}",
-    ]
+    return unified_run(converted_dir, out, STEPS, EVERY, f"training.batch_size={batch_size}", "training.grad_accumulation=2")
 
 
 @pytest.fixture(scope="module")

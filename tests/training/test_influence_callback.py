@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.training.common import SMALL, cli_command, history, run_cli
+from tests.training.common import cli_command, history, run_cli, unified_run
 from tests.training.test_resume import wait_for
 from wrinklefree_core.config.training import InfluenceConfig
 from wrinklefree_core.data.mixture import MixtureSampler
@@ -42,13 +42,11 @@ def noise_dir(tmp_path_factory) -> Path:
 
 
 def overrides(converted_dir: Path, noise: Path, out: Path) -> list[str]:
-    return [
-        f"model={converted_dir}",
-        "training=unified",
-        f"training.max_steps={STEPS}",
-        f"training.checkpoint_every={EVERY}",
-        "training.optimizer.lr=2e-3",
-        *SMALL,
+    return unified_run(
+        converted_dir,
+        out,
+        STEPS,
+        EVERY,
         # Bigger batches and a strong first update: a batch drawn with the wrong weights is then
         # all but certain to differ in its rows, so the resume comparison below can tell.
         "training.batch_size=8",
@@ -58,8 +56,7 @@ def overrides(converted_dir: Path, noise: Path, out: Path) -> list[str]:
         "training.influence.probe=shakespeare",
         "training.influence.step_size=3",
         "training.influence.smoothing=0.1",
-        f"out={out}",
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

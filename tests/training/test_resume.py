@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.training.common import SMALL, cli_command, history, run_cli
+from tests.training.common import cli_command, history, run_cli, unified_run
 from wrinklefree_core import cli
 from wrinklefree_core.config import compose
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
@@ -33,17 +33,7 @@ CURVES = ("train/loss", "train/ce", "train/dlm", "grad/norm", "quant/lambda", "l
 
 
 def overrides(converted_dir: Path, out: Path) -> list[str]:
-    return [
-        f"model={converted_dir}",
-        "training=unified",
-        f"training.max_steps={STEPS}",
-        f"training.checkpoint_every={EVERY}",
-        "training.optimizer.lr=2e-3",
-        *SMALL,
-        "training.batch_size=2",
-        "training.grad_accumulation=2",
-        f"out={out}",
-    ]
+    return unified_run(converted_dir, out, STEPS, EVERY, "training.batch_size=2", "training.grad_accumulation=2")
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:

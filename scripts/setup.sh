@@ -26,6 +26,18 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "
     exit 0
 fi
 
+# The environment takes ~3.5 GB and building llama.cpp needs more in the temp folder; stop with a
+# clear message up front instead of an OSError halfway through pip.
+NEED_GB=6
+for where in . "${TMPDIR:-/tmp}"; do
+    free_gb=$(df -Pk "$where" | awk 'NR==2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt "$NEED_GB" ]; then
+        echo "setup: only ${free_gb} GB free on the disk holding $(cd "$where" && pwd); installing needs about ${NEED_GB} GB." >&2
+        echo "setup: free some space (old outputs/, pip's cache: pip cache purge) and run scripts/setup.sh again." >&2
+        exit 1
+    fi
+done
+
 echo "setup: installing into $VENV (first run on a fresh machine takes a few minutes)"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -90,3 +90,14 @@ def test_yaml_file_with_unknown_key_is_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv("WRINKLEFREE_CONFIG_DIR", str(root))
     with pytest.raises(ConfigError, match=r"unknown config key 'training.max_stpes'; did you mean: max_steps"):
         compose("train", ["training=broken"])
+
+
+def test_data_accepts_a_local_text_file_or_folder(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("some text\n")
+    cfg = compose("train", [f"data={notes}"])
+    assert [(s.name, s.path, s.weight) for s in cfg.data.sources] == [("notes", str(notes), 1.0)]
+    cfg = compose("train", [f"data={tmp_path}", "data.val_fraction=0.2"])
+    assert cfg.data.sources[0].path == str(tmp_path) and cfg.data.val_fraction == 0.2
+    with pytest.raises(ConfigError, match="or a path to a local text file or folder"):
+        compose("train", [f"data={tmp_path / 'missing.txt'}"])

@@ -63,3 +63,26 @@ def test_conversion_keeps_logits_when_quantization_is_off_and_changes_them_when_
     convert_to_bitnet(on, BitNetSettings())
     ppl_on, _ = _ppl(on.eval(), ids)
     assert ppl_on > 1000 * ppl_fp, "naive ternary conversion must hurt (facts: ~10^6 x), else quantization is not active"
+
+
+def test_calibrated_subln_keeps_the_unquantized_model_working(smollm2):
+    """Ones-initialised SubLN alone (no quantization) breaks SmolLM2; fitted gains keep it readable."""
+    from wrinklefree_core.models.subln_calibration import apply_subln_gains, fit_subln_gains
+
+    folder, model, tokenizer, ids = smollm2
+    ppl_fp, _ = _ppl(model, ids)
+    calibration = tokenizer(corpus_files("python_docs")[40].read_text()[:4000], return_tensors="pt").input_ids[:, :512]
+    settings = BitNetSettings(quant_lambda=0.0)
+
+    ones, _ = load_hf_model(folder)
+    convert_to_bitnet(ones, settings)
+    ppl_ones, _ = _ppl(ones.eval(), ids)
+
+    fitted, _ = load_hf_model(folder)
+    gains = fit_subln_gains(fitted, settings, calibration.view(4, 128))
+    convert_to_bitnet(fitted, settings)
+    apply_subln_gains(fitted, gains)
+    ppl_fitted, _ = _ppl(fitted.eval(), ids)
+
+    assert ppl_ones > 1e4 * ppl_fp, f"unit SubLN gains should break the model (ppl {ppl_ones:.3g} vs {ppl_fp:.1f})"
+    assert ppl_fitted < 50 * ppl_fp, f"calibrated gains should keep it close to the teacher (ppl {ppl_fitted:.3g} vs {ppl_fp:.1f})"

@@ -13,8 +13,9 @@ import torch
 from wrinklefree_core.config import compose
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
-from wrinklefree_core.models.convert import convert_to_bitnet
+from wrinklefree_core.models.convert import bitlinear_modules
 from wrinklefree_core.models.sources import load_hf_model, materialize
+from wrinklefree_core.stages.convert import convert_for_run
 from wrinklefree_core.stages.manifest import read_manifest
 
 
@@ -59,13 +60,38 @@ def test_checkpoint_matches_in_memory_conversion(converted_qwen2: Path):
     """What the CLI wrote is what converting the source model in this process gives, bit for bit."""
     cfg = compose("convert", ["model=tiny_qwen2"])
     model, tokenizer = load_hf_model(materialize(cfg.model))
-    convert_to_bitnet(model, cfg.bitnet)
+    convert_for_run(model, tokenizer, cfg)
     loaded, settings = load_bitnet_checkpoint(converted_qwen2)
     assert settings == cfg.bitnet
     ids = tokenizer("Now is the winter of our discontent", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
     assert sum(isinstance(m, BitLinear) for m in loaded.modules()) == 14
+
+
+def test_subln_gains_start_at_ones_unless_calibration_is_asked_for(converted_qwen2: Path, tmp_path):
+    manifest = read_manifest(converted_qwen2)
+    assert manifest.metrics["subln_calibration_rows"] == 0 and manifest.config["bitnet"]["subln_init"] == "ones"
+    plain, _ = load_bitnet_checkpoint(converted_qwen2)
+    subln = [m.sub_norm.weight for _, m in bitlinear_modules(plain) if m.sub_norm is not None]
+    assert len(subln) == 4 and all(torch.equal(g, torch.ones_like(g)) for g in subln)
+
+    out = tmp_path / "calibrated"
+    proc = wrinklefree("convert", "model=tiny_qwen2", "bitnet.subln_init=calibrated", "bitnet.subln_calibration_rows=6", f"out={out}")
+    assert proc.returncode == 0, proc.stderr
+    calibrated, settings = load_bitnet_checkpoint(out)
+    assert settings.subln_init == "calibrated" and read_manifest(out).metrics["subln_calibration_rows"] == 6
+    gains = [m.sub_norm.weight for _, m in bitlinear_modules(calibrated) if m.sub_norm is not None]
+    assert not any(torch.equal(g, torch.ones_like(g)) for g in gains) and all(bool((g > 0).all()) for g in gains)
+
+
+def test_calibration_data_too_small_says_how_to_convert_without_it(tmp_path):
+    tiny_text = tmp_path / "two-words.txt"
+    tiny_text.write_text("hello world\n")
+    proc = wrinklefree("convert", "model=tiny_qwen2", "bitnet.subln_init=calibrated", f"data={tiny_text}", f"out={tmp_path / 'o'}")
+    assert proc.returncode == 2, proc.stderr
+    assert "bitnet.subln_init=ones" in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_model_option_exits_2_with_choices(tmp_path):

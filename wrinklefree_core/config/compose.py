@@ -2,7 +2,8 @@
 
 Command-line syntax (the same for every stage):
 - `group=option` picks `configs/<group>/<option>.yaml` for a group (model, training, data, compute);
-  `model=` also takes a path to a local HF model folder, or a gs:// URI of one.
+  `model=` also takes a path to a local HF model folder, or a gs:// URI of one; `data=` a path to a
+  local text file or folder of text files (its only source).
 - `a.b.c=value` overrides one field; the value is parsed as YAML (`true`, `3`, `[a, b]`, `null`).
 - `key=value` for a top-level field (`out=DIR`, `seed=1`); `format=` is short for `export.format=`.
 
@@ -67,7 +68,7 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 
 def _group_config(group: str, option: str) -> dict[str, Any]:
-    """The dict for `group=option`; a path to an HF folder is accepted for the model group."""
+    """The dict for `group=option`; a path is accepted for the model group (HF folder) and the data group (text)."""
     path = config_root() / group / f"{option}.yaml"
     if path.is_file():
         return _load_yaml(path)
@@ -78,9 +79,13 @@ def _group_config(group: str, option: str) -> dict[str, Any]:
         # Downloaded by the stage that reads it (stages/artifact_io.py); composing does no I/O.
         name = option.rstrip("/").rsplit("/", 1)[-1]
         return {"name": name, "source": "hf", "path": option, "package": None, "gguf_file": None}
+    if group == "data" and Path(option).expanduser().exists():
+        # One local text file or folder of text files as the only source (data/documents.py reads it).
+        local = Path(option).expanduser().resolve()
+        return {"config_name": local.name, "sources": [{"name": local.stem or "local", "path": str(local), "weight": 1.0}]}
     options = group_options(group)
     hint = _suggest(option, options)
-    extra = " (or a path to a local HF model folder)" if group == "model" else ""
+    extra = {"model": " (or a path to a local HF model folder)", "data": " (or a path to a local text file or folder)"}.get(group, "")
     raise ConfigError(f"unknown option '{option}' for config group '{group}'{extra}; {hint}")
 
 

@@ -39,6 +39,14 @@ class BitNetSettings(BaseModel):
         "bitnet); 'none'; 'all' = before every BitLinear (experimental, cannot export to GGUF).",
     )
     subln_eps: float | None = Field(None, description="SubLN epsilon; null takes the model's rms_norm_eps.")
+    subln_init: Literal["ones", "calibrated"] = Field(
+        "ones",
+        description="SubLN gains at conversion: 'ones' = BitNet's init; 'calibrated' = per-channel least squares to the "
+        "full-precision model's own activations on subln_calibration_rows rows of the run's data (models/subln_calibration.py).",
+    )
+    subln_calibration_rows: int = Field(
+        16, gt=0, description="Training rows (training.seq_len tokens each) whose activations fit calibrated SubLN gains."
+    )
     quant_lambda: float = Field(
         1.0, ge=0.0, le=1.0, description="Quantization blend: 0 = full precision, 1 = ternary weights + int8 activations."
     )

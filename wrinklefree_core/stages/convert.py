@@ -1,7 +1,9 @@
 """The convert stage: full-precision HF model -> BitNet checkpoint folder.
 
 Steps: materialize the source model as an HF folder (cached; a gs:// `model=` folder is downloaded),
-load it, swap attention/MLP linears for BitLinear and insert SubLN per `cfg.bitnet`, save the
+load it, swap attention/MLP linears for BitLinear and insert SubLN per `cfg.bitnet` (with
+`bitnet.subln_init=calibrated`, SubLN gains fitted to the model's own activations on a few rows of
+`data=`, models/subln_calibration.py), save the
 checkpoint with its tokenizer and stage.json in one atomic rename, then publish it (a gs:// `out=` is
 uploaded with its completion marker, see artifact_io.py). No training happens here; metrics describe
 the conversion (parameter split, fraction of ternary zeros, time).
@@ -19,6 +21,7 @@ from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.models.convert import convert_to_bitnet
+from wrinklefree_core.models.subln_calibration import apply_subln_gains, fit_subln_gains
 from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
 from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
@@ -64,6 +67,35 @@ def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
     }
 
 
+def calibration_rows(cfg: RunConfig, tokenizer) -> torch.Tensor:
+    """`cfg.bitnet.subln_calibration_rows` training rows of `cfg.data`, drawn as training would draw them."""
+    from wrinklefree_core.data.corpora import CorpusError
+    from wrinklefree_core.data.datamodule_core import build_datasets
+    from wrinklefree_core.data.documents import DataSourceError
+
+    try:
+        mixture, _ = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
+    except (DataSourceError, CorpusError) as exc:
+        raise DataSourceError(
+            f"{exc}\nSubLN calibration reads the run's data (data={cfg.data.config_name}): choose data that is available, "
+            "or convert without calibration: bitnet.subln_init=ones"
+        ) from exc
+    return mixture.sample(cfg.bitnet.subln_calibration_rows)["input_ids"]
+
+
+def convert_for_run(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> dict[str, float]:
+    """Convert a loaded full-precision model in place per `cfg.bitnet`, calibrating SubLN when asked; returns metrics."""
+    gains: dict[str, torch.Tensor] = {}
+    rows = 0
+    if cfg.bitnet.subln_init == "calibrated" and cfg.bitnet.subln != "none":
+        batch = calibration_rows(cfg, tokenizer)
+        gains = fit_subln_gains(model, cfg.bitnet, batch)
+        rows = batch.shape[0]
+    convert_to_bitnet(model, cfg.bitnet)
+    apply_subln_gains(model, gains)
+    return {"subln_calibration_rows": rows}
+
+
 def run_convert(cfg: RunConfig) -> StageResult:
     """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out` (local folder or gs://)."""
     target = plan_output(cfg, default_out(cfg))
@@ -79,8 +111,8 @@ def run_convert(cfg: RunConfig) -> StageResult:
     source = materialize(local_cfg.model)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_hf_model(source, dtype=dtype)
-    convert_to_bitnet(model, cfg.bitnet)
-    metrics = conversion_metrics(model)
+    calibration = convert_for_run(model, tokenizer, cfg)
+    metrics = conversion_metrics(model) | calibration
     metrics["convert_seconds"] = time.perf_counter() - start
     inputs = as_uris({"source_model": str(source)}, origins)
     manifest = build_manifest("convert", cfg.model_dump(mode="json"), inputs, metrics)

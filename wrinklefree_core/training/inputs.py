@@ -4,7 +4,7 @@ Student (`model=` / `checkpoint=`):
 - a BitNet checkpoint folder (from convert or an earlier training stage), given as `checkpoint=DIR`
   or `model=DIR`: loaded as is; its stage.json's `inputs.source_model` is carried forward;
 - anything else (`model=tiny_llama`, `model=smollm2_135m`, `model=/path/to/hf-folder`): materialized
-  and converted in memory with `cfg.bitnet`, exactly as the convert stage would.
+  and converted in memory with `cfg.bitnet` (SubLN calibration included), exactly as the convert stage would.
 
 Teacher: `teacher=` (an HF folder, a BitNet checkpoint, or a model config name such as
 `smollm2_135m`), else the full-precision source model the chain started from (the input
@@ -45,10 +45,10 @@ from wrinklefree_core.config.model import ModelConfig
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.config.training import TrainingConfig
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, load_bitnet_checkpoint
-from wrinklefree_core.models.convert import convert_to_bitnet
 from wrinklefree_core.models.lrc import add_lrc_adapters, freeze_all_but_lrc, lrc_modules, lrc_settings_of
 from wrinklefree_core.models.settings import BitNetSettings
 from wrinklefree_core.models.sources import load_hf_model, materialize
+from wrinklefree_core.stages.convert import convert_for_run
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
 from wrinklefree_core.training.errors import TeacherError
 
@@ -95,7 +95,7 @@ def load_student(cfg: RunConfig) -> Student:
         return load_checkpoint_student(folder)
     source = materialize(cfg.model)
     model, tokenizer = load_hf_model(source, dtype=torch.float32)
-    convert_to_bitnet(model, cfg.bitnet)
+    convert_for_run(model, tokenizer, cfg)
     return Student(model.train(), tokenizer, cfg.bitnet, {"source_model": str(source)})
 
 

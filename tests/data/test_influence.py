@@ -209,6 +209,15 @@ def test_scheduled_weights_apply_at_their_draw_and_survive_a_state_round_trip():
     assert restored.weights["a"] == pytest.approx(0.2)
 
 
+def test_latest_weights_are_the_pending_schedule_else_the_current_ones():
+    sampler = two_sources()
+    assert sampler.latest_weights == sampler.weights == {"a": 0.5, "b": 0.5}
+    sampler.schedule_weights({"a": 3.0, "b": 1.0}, at_draw=2)
+    assert sampler.weights["a"] == pytest.approx(0.5) and sampler.latest_weights == {"a": 0.75, "b": 0.25}
+    sampler.sample(1), sampler.sample(1), sampler.sample(1)
+    assert sampler.weights == pytest.approx(sampler.latest_weights) and sampler.latest_weights["a"] == pytest.approx(0.75)
+
+
 def test_states_without_a_draw_count_still_load():
     sampler = two_sources()
     state = sampler.state_dict()

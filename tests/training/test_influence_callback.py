@@ -21,6 +21,7 @@ from wrinklefree_core.config.training import InfluenceConfig
 from wrinklefree_core.data.mixture import MixtureSampler
 from wrinklefree_core.training.callbacks import InfluenceRemixing
 from wrinklefree_core.config import compose
+from wrinklefree_core.stages.manifest import read_manifest
 from wrinklefree_core.training.run_state import RUN_META, TRAINER_STATE, RunState
 from wrinklefree_core.training.runner import run_train
 
@@ -78,6 +79,9 @@ def test_weights_move_toward_the_probe_source_and_are_logged(reference: Path):
     assert curve[0] == pytest.approx(0.5) and all(b > a for a, b in zip(curve, curve[1:])), curve
     assert all(scores["shakespeare"][s] > scores["noise"][s] for s in updates), scores
     assert len(history(reference, "data/influence_seconds")) == len(updates)
+    # stage.json records the weights of the last update, the mixture a follow-up run should start from
+    final = read_manifest(reference).metrics
+    assert final["data/weight/shakespeare"] == pytest.approx(curve[-1]) and final["data/weight/noise"] == pytest.approx(weights["noise"][-1][1])
 
 
 def test_killed_run_resumes_with_the_same_weights(converted_dir: Path, noise_dir: Path, reference: Path, tmp_path: Path):

@@ -76,6 +76,14 @@ class MixtureSampler:
         return {name: float(w) for name, w in zip(self.names, self._weights)}
 
     @property
+    def latest_weights(self) -> dict[str, float]:
+        """The weights scheduled last (normalised), else the current ones: what the mixture moves to next."""
+        if self._scheduled is None:
+            return self.weights
+        total = sum(float(w) for w in self._scheduled[1].values())
+        return {name: float(self._scheduled[1][name]) / total for name in self.names}
+
+    @property
     def num_sequences(self) -> dict[str, int]:
         """Packed sequences per source."""
         return {name: rows.shape[0] for name, rows in zip(self.names, self._data)}

@@ -370,6 +370,8 @@ def run_train(cfg: RunConfig) -> StageResult:
             "quant_lambda": float(module.warmup.value),
         }
     )
+    # The mixture the run ended on (after influence remixing, its last update), to continue from.
+    metrics.update({f"data/weight/{name}": w for name, w in datamodule.mixture.latest_weights.items()})
     manifest = build_manifest(stage, config, student.inputs, metrics)
     student.model.cpu()
     save_bitnet_checkpoint(

@@ -214,7 +214,8 @@ def test_latest_weights_are_the_pending_schedule_else_the_current_ones():
     assert sampler.latest_weights == sampler.weights == {"a": 0.5, "b": 0.5}
     sampler.schedule_weights({"a": 3.0, "b": 1.0}, at_draw=2)
     assert sampler.weights["a"] == pytest.approx(0.5) and sampler.latest_weights == {"a": 0.75, "b": 0.25}
-    sampler.sample(1), sampler.sample(1), sampler.sample(1)
+    for _ in range(3):
+        sampler.sample(1)
     assert sampler.weights == pytest.approx(sampler.latest_weights) and sampler.latest_weights["a"] == pytest.approx(0.75)
 
 

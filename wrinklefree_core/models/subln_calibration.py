@@ -37,7 +37,6 @@ class SubLNStats:
         self.eps = eps
         self.xn = torch.zeros(dim, dtype=torch.float64)
         self.nn = torch.zeros(dim, dtype=torch.float64)
-        self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         """Accumulate the inputs `x` (..., dim) of one forward."""
@@ -45,7 +44,6 @@ class SubLNStats:
         n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         self.xn += (x * n).sum(0).cpu()
         self.nn += n.pow(2).sum(0).cpu()
-        self.tokens += x.shape[0]
 
     def gains(self) -> torch.Tensor:
         """The fitted per-channel gains (fp32); channels never seen non-zero get the median gain."""

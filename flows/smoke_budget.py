@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from wrinklefree_core.config.compose import config_root
 
 SMOKE_FILE = "pipeline/smoke.yaml"
-TRAINING_STAGES = ("train", "lrc", "distill")
+STAGES_WITH_OWN_LIST = ("train", "lrc", "distill", "export")
 
 
 class SmokeBudget(BaseModel):
@@ -30,11 +30,12 @@ class SmokeBudget(BaseModel):
     train: list[str] = Field(default_factory=list, description="Overrides of the train stage.")
     lrc: list[str] = Field(default_factory=list, description="Overrides of the lrc stage.")
     distill: list[str] = Field(default_factory=list, description="Overrides of the distill stage.")
+    export: list[str] = Field(default_factory=list, description="Overrides of the export stage.")
     eval_rows: int = Field(8, gt=0, description="Held-out rows per source the eval table scores.")
 
     def for_stage(self, stage: str) -> list[str]:
-        """`common` then the stage's own list (the evaluation and convert/export only get `common`)."""
-        return self.common + (getattr(self, stage) if stage in TRAINING_STAGES else [])
+        """`common` then the stage's own list (the evaluation and convert only get `common`)."""
+        return self.common + (getattr(self, stage) if stage in STAGES_WITH_OWN_LIST else [])
 
 
 @cache

@@ -244,7 +244,7 @@ def test_write_lora_gguf_writes_both_files_and_verify_finds_the_adapter(lrc_chec
     ckpt = lrc_checkpoint("tiny_llama_256", "bitdistill", 0.25, "svd")
     base, adapter = tmp_path / "m.gguf", lora_path_for(tmp_path / "m.gguf")
     assert adapter.name == "m.lora.gguf"
-    report = write_lora_gguf(ckpt, base, adapter, cfg(""), lora_type="f16")
+    report = write_lora_gguf(ckpt, base, adapter, cfg("", lora_type="f16"))  # export.lora_type=f16
     assert report.path == adapter and report.base.path == base and report.adapter_type == "F16"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.lora.gguf"]
     result = verify_gguf(base, ckpt, cfg(""))  # the adapter beside the base is picked up

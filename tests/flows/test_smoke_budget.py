@@ -40,3 +40,10 @@ def test_without_smoke_the_recipe_budget_applies():
 def test_a_budget_with_an_unknown_key_is_refused():
     with pytest.raises(ValueError, match="trian"):
         SmokeBudget.model_validate({"trian": ["training.max_steps=3"]})
+
+
+def test_each_list_reaches_only_its_stage():
+    budget = SmokeBudget(common=["seed=1"], distill=["training.max_steps=2"], export=["export.lora_type=f16"])
+    assert budget.for_stage("export") == ["seed=1", "export.lora_type=f16"]
+    assert budget.for_stage("distill") == ["seed=1", "training.max_steps=2"]
+    assert budget.for_stage("convert") == budget.for_stage("eval") == ["seed=1"]

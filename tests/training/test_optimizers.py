@@ -14,7 +14,7 @@ from wrinklefree_core.config.training import OptimizerConfig, ScheduleConfig
 from wrinklefree_core.models.convert import convert_to_bitnet
 from wrinklefree_core.models.lrc import add_lrc_adapters
 from wrinklefree_core.models.settings import BitNetSettings
-from wrinklefree_core.training.optimizers import MuonWithAdamW, build_optimizer, split_parameters
+from wrinklefree_core.training.optimizers import MuonWithAdamW, build_optimizer, fused_adamw_supported, split_parameters
 from wrinklefree_core.training.schedule import build_scheduler
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -184,3 +184,35 @@ def test_state_view_and_load_refreshes_groups():
     adamw_only = build_optimizer(model, OptimizerConfig(type="muon"), lambda name, p: p.ndim < 2)
     with pytest.raises(ValueError, match="different optimizer type"):
         adamw_only.load_state_dict(opt.state_dict())
+
+
+def test_adamw_is_fused_on_plain_tensors_and_matches_the_reference():
+    torch.manual_seed(0)
+    model = bitnet()
+    reference = copy.deepcopy(model)
+    cfg = OptimizerConfig(type="adamw", lr=1e-2, weight_decay=0.1)
+    optimizer = build_optimizer(model, cfg)
+    assert optimizer.defaults["fused"] is True
+    # The unfused torch implementation with the same groups is the reference update.
+    by_name = dict(reference.named_parameters())
+    groups = [
+        {"params": [by_name[n] for n in names], "weight_decay": g["weight_decay"]}
+        for g, names in zip(optimizer.param_groups, _group_names(model, optimizer))
+    ]
+    plain = AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, weight_decay=cfg.weight_decay, foreach=False)
+    ids = token_ids()
+    for _ in range(3):
+        for m, opt in ((model, optimizer), (reference, plain)):
+            opt.zero_grad()
+            loss_of(m, ids).backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    # Mixed devices (or sharded parameters) fall back to the default implementation.
+    assert not fused_adamw_supported([torch.zeros(2), torch.zeros(2, device="meta")])
+    assert not fused_adamw_supported([torch.zeros(2, dtype=torch.int64)])
+
+
+def _group_names(model: torch.nn.Module, optimizer) -> list[list[str]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]

@@ -14,8 +14,10 @@ class ComputeConfig(Section):
 
     backend: Literal["local", "skypilot"] = Field("local", description="local = in this process; skypilot = a cloud GPU job.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device for local runs; auto picks cuda when present.")
-    precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
-        "auto", description="Training precision; auto = bf16-mixed on GPU, fp32 on CPU."
+    precision: Literal["auto", "bf16-if-native", "32-true", "bf16-mixed"] = Field(
+        "auto",
+        description="Training precision; auto = bf16-mixed on GPU, fp32 on CPU; bf16-if-native = bf16-mixed on GPU "
+        "and on CPUs with AVX512-BF16/AMX, fp32 elsewhere.",
     )
     accelerators: str = Field("H100:1", description="SkyPilot accelerator spec per node, e.g. H100:8.")
     devices: Literal["auto"] | PositiveInt = Field(

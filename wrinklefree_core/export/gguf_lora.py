@@ -27,8 +27,7 @@ Design choices:
   beyond fp16's range; any non-finite factor is refused for either type.
 - On a Q4_0 base llama.cpp's CPU backend repacks the weights into its CPU_REPACK buffer and warns
   that each LoRA pair falls back to the plain CPU buffer; expected and harmless (verified numbers).
-- The adapter type is a keyword argument; ExportConfig has no field for it yet, so a `lora_type`
-  attribute on the config is honoured when present (export.lora_type once the config defines it).
+- The adapter type is `export.lora_type`; a keyword argument overrides it (tests compare both types).
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ from wrinklefree_core.models.lrc import lrc_modules
 
 T = GGMLQuantizationType
 ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16}
-DEFAULT_ADAPTER_TYPE = "f32"
 LORA_SUFFIX = ".lora.gguf"
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -155,8 +153,8 @@ def plan_lora(model: nn.Module, layout: GGUFLayout) -> LoraLayout:
 
 
 def resolve_adapter_type(cfg: ExportConfig, lora_type: str | None = None) -> str:
-    """The adapter type to write: the argument, else `cfg.lora_type` if the config has one, else f32."""
-    chosen = lora_type or getattr(cfg, "lora_type", None) or DEFAULT_ADAPTER_TYPE
+    """The adapter type to write: the argument, else `cfg.lora_type`."""
+    chosen = lora_type or cfg.lora_type
     if chosen not in ADAPTER_TYPES:
         raise ExportError(f"LoRA adapter type '{chosen}' is not supported; choose one of {sorted(ADAPTER_TYPES)}.")
     return chosen
@@ -231,7 +229,7 @@ def write_lora_gguf(
     """Write an LRC checkpoint as a base GGUF at `base_gguf_path` plus its LoRA adapter GGUF at `out_path`.
 
     The base holds the ternary model exactly as write_gguf would (LRC tensors left out); the adapter
-    holds every U V^T (lora_type "f32" (default) or "f16", see resolve_adapter_type). Both files are
+    holds every U V^T (type `lora_type`, else `cfg.lora_type`: "f32" or "f16"). Both files are
     published together, atomically; on CheckpointError / ExportError (checkpoint without adapters,
     a layout llama.cpp cannot run, factors the type cannot hold) neither is written and existing files
     are untouched. Returns the adapter's report, with the base report as `.base`.

@@ -2,7 +2,8 @@
 
 `trainer_settings(cfg)` turns the `compute` config into Trainer arguments:
 
-    precision   auto = bf16-mixed on CUDA, fp32 ("32-true") on CPU
+    precision   auto = bf16-mixed on CUDA, fp32 ("32-true") on CPU; bf16-if-native = bf16-mixed on CUDA
+                and on CPUs that multiply bf16 in hardware (AVX512-BF16 or AMX), fp32 elsewhere
     devices     auto = every visible GPU (1 on CPU); under torchrun, the processes torchrun started per node
     strategy    one process: single device; more: `compute.strategy` (auto = DDP on one node, FSDP on many)
 
@@ -22,6 +23,10 @@ Design choices:
 - Under torchrun (multi-node SkyPilot jobs) torchrun owns the process layout: devices defaults to
   LOCAL_WORLD_SIZE, and `compute.num_nodes` must equal WORLD_SIZE / LOCAL_WORLD_SIZE, so a config
   that disagrees with the launcher fails with a message instead of a hang in process-group setup.
+- `auto` keeps CPU runs in fp32, so tests and small CPU runs stay exact and comparable across
+  machines. `bf16-if-native` is for CPU runs that want speed: on a 2-core AVX512-BF16 EPYC, bf16
+  autocast made a SmolLM2-135M distillation step 1.8x faster (6.8 s -> 3.7 s at 4x128 tokens,
+  torch 2.13), while a CPU without bf16 instructions would emulate it and get slower.
 - Muon / MuonClip orthogonalize whole weight matrices; FSDP hands the optimizer row shards, so those
   optimizers are refused under FSDP rather than silently orthogonalizing shards.
 """
@@ -42,11 +47,23 @@ from wrinklefree_core.config.run import RunConfig
 _TORCHRUN_VARS = ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK")
 
 
-def precision_for(use_cuda: bool, requested: str) -> str:
-    """Lightning precision string: the requested one, or bf16-mixed on CUDA and fp32 on CPU for "auto"."""
-    if requested != "auto":
-        return requested
-    return "bf16-mixed" if use_cuda else "32-true"
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def precision_for(use_cuda: bool, requested: str, native_bf16_cpu: bool | None = None) -> str:
+    """Lightning precision string for `compute.precision` (see the module docstring).
+
+    `native_bf16_cpu` overrides the CPU probe (tests); None asks this machine's CPU.
+    """
+    if requested == "auto":
+        return "bf16-mixed" if use_cuda else "32-true"
+    if requested == "bf16-if-native":
+        native = cpu_has_native_bf16() if native_bf16_cpu is None else native_bf16_cpu
+        return "bf16-mixed" if use_cuda or native else "32-true"
+    return requested
 
 
 def launched_by_torchrun(env: dict[str, str] | None = None) -> bool:

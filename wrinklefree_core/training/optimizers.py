@@ -26,6 +26,10 @@ Design choices:
   Muon reuse the AdamW lr instead and is available as a keyword argument.
 - Every param group carries `group_kind` ("muon" | "adamw"), `peak_lr` and `name`, so an LR schedule
   scales each group's own peak, and Lightning's LearningRateMonitor labels groups by name.
+- AdamW uses torch's fused kernel (one pass per tensor) when every parameter is a plain float
+  tensor on one CPU or CUDA device: on a 2-core CPU it made the update of a 128M-parameter model
+  4.7x faster (0.64 s -> 0.135 s, torch 2.13), ~10% of a 4-row SmolLM2 distillation step. FSDP's
+  sharded DTensor parameters keep the default foreach implementation.
 - `MuonWithAdamW` is a torch.optim.Optimizer that owns both inner optimizers. Its `param_groups` is
   the inner optimizers' group dicts in one list (the same dict objects, so a scheduler writing
   group["lr"] writes the inner optimizer's lr), and `state` is a view onto both inner states, so
@@ -233,6 +237,27 @@ class MuonWithAdamW(Optimizer):
         return dict(self.__dict__)
 
 
+def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Whether torch's fused AdamW takes `params`: plain float tensors, all on one CPU or CUDA device."""
+    devices = {p.device for p in params}
+    if len(devices) != 1 or next(iter(devices)).type not in ("cpu", "cuda"):
+        return False
+    return all(p.dtype.is_floating_point and not _is_dtensor(p) for p in params)
+
+
+def _is_dtensor(p: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
+
+
+def _adamw(groups: list[dict[str, Any]], cfg: OptimizerConfig, eps: float) -> AdamW:
+    fused = fused_adamw_supported([p for g in groups for p in g["params"]])
+    return AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
 def build_optimizer(
     model: nn.Module,
     cfg: OptimizerConfig,
@@ -254,7 +279,7 @@ def build_optimizer(
         raise ValueError("no trainable parameters: every parameter is frozen or excluded by `trainable`")
     adamw_groups = _adamw_groups(split, cfg)
     if cfg.type == "adamw":
-        return AdamW(adamw_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay)
+        return _adamw(adamw_groups, cfg, eps)
 
     muon = None
     if split.muon:
@@ -263,7 +288,7 @@ def build_optimizer(
         muon = Muon([muon_group], lr=cfg.muon_lr, weight_decay=cfg.weight_decay, **kwargs)
     adamw = None
     if adamw_groups:
-        adamw = AdamW(adamw_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=eps, weight_decay=cfg.weight_decay)
+        adamw = _adamw(adamw_groups, cfg, eps)
 
     qk_clip = None
     if cfg.type == "muonclip":

@@ -9,7 +9,7 @@ lrc stage keeping the lrc objective, an unknown key in a raw `overrides` list) f
 validation too, before anything is computed.
 
 The overrides of a stage are, in order (later wins): `model=<model>`, PIPELINE_DEFAULTS (training
-data and held-out domains), the smoke budget (flows/smoke_budget.py) when
+data, held-out domains, no leftover training state), the smoke budget (flows/smoke_budget.py) when
 `smoke` is set, `common` (its changed fields, then its `overrides`), the stage's own (same), then
 tracking settings. Only fields that differ from the recipe become overrides (flows/sections.py),
 so the smoke budget applies to whatever a form leaves at the recipe's value. `eval` is applied to
@@ -30,7 +30,9 @@ from wrinklefree_core.config import compose
 # The pipeline trains on one domain and scores two others it never saw (configs/data/heldout_eval.yaml):
 # a recipe that only fits its training text cannot look good in the table. Applied right after
 # `model=`, so the smoke budget, `common` and each stage's form can still change them.
-PIPELINE_DEFAULTS = {"stages": ["data=python_docs"], "eval": ["data=heldout_eval"]}
+# A stage's output is content-addressed and never continued, so its resumable state is deleted once
+# the output is written (a failed stage keeps it, and its rerun resumes).
+PIPELINE_DEFAULTS = {"stages": ["data=python_docs", "training.keep_state=false"], "eval": ["data=heldout_eval"]}
 
 # The typed sub-forms of PipelineParams (every other field is a plain setting).
 FORMS = ("common", *STAGES, "eval")

@@ -53,6 +53,8 @@ def test_pipeline_runs_end_to_end(smoke_run, out_root):
     for stage in ("convert", "train", "lrc", "distill"):
         assert (Path(stages[stage]["uri"]) / "stage.json").is_file(), stage
         assert Path(stages[stage]["uri"]).parent == out_root / stage
+    # A finished training stage's resumable state (optimizer, ~3x the model) is not left behind.
+    assert not [p.name for p in out_root.glob("*/*.state")]
     gguf = Path(stages["export"]["uri"])
     assert gguf.is_file() and gguf.name == "tiny_llama.gguf"
     assert (gguf.parent / "verification.json").is_file()

@@ -117,6 +117,13 @@ def test_changed_recipe_refuses_to_resume(converted_dir: Path, reference: Path, 
     assert "different config" in err and "training.optimizer.lr" in err
 
 
+def test_keep_state_false_deletes_the_state_once_the_output_is_written(converted_dir: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = run_train(compose("train", [*overrides(converted_dir, out), "training.max_steps=2", "training.keep_state=false"]))
+    assert result.metrics["step"] == 2
+    assert load_bitnet_checkpoint(out)[0] is not None and not RunState(out).root.exists()
+
+
 def test_resume_never_starts_over(converted_dir: Path, reference: Path, tmp_path: Path):
     """training.resume=never ignores (and deletes) the saved state and trains from step 0."""
     out = tmp_path / "out"

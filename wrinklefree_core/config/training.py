@@ -199,5 +199,10 @@ class TrainingConfig(Section):
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip (ZClip adapts below this ceiling).")
     checkpoint_every: int = Field(50, gt=0, description="Write a resumable checkpoint every N optimizer steps.")
     resume: Literal["auto", "never"] = Field("auto", description="auto = continue from the last checkpoint in `out`.")
+    keep_state: bool = Field(
+        True,
+        description="Keep OUT.state/ (last resumable checkpoint with optimizer state, ~3x the model, and its bucket mirror) "
+        "after the run finished; false deletes it once the output is written.",
+    )
     val_every: int = Field(50, gt=0, description="Evaluate held-out perplexity every N steps.")
     influence: InfluenceConfig = Field(default_factory=InfluenceConfig, description="Influence-based remixing of the data mixture.")

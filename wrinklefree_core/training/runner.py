@@ -378,7 +378,10 @@ def run_train(cfg: RunConfig) -> StageResult:
         student.model, out, student.settings, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)}
     )
     log_final(logger, metrics, trainer.global_step, [out / MANIFEST_NAME])
-    return StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))
+    uri = target.publish(cfg.gcs)
+    if not cfg.training.keep_state:
+        state.clear()  # only after the output is written and published: a failure above keeps it
+    return StageResult(out=out, metrics=metrics, uri=uri)
 
 
 def _remote_state(target: OutputTarget, cfg: RunConfig):

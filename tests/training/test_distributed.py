@@ -176,14 +176,18 @@ def test_precision_bf16_mixed_on_gpu_fp32_on_cpu(monkeypatch) -> None:
     assert (settings["accelerator"], settings["precision"], settings["strategy"]) == ("gpu", "bf16-mixed", "auto")
 
 
-def test_bf16_if_native_follows_the_hardware() -> None:
-    assert distributed.precision_for(True, "bf16-if-native", native_bf16_cpu=False) == "bf16-mixed"
-    assert distributed.precision_for(False, "bf16-if-native", native_bf16_cpu=True) == "bf16-mixed"
-    assert distributed.precision_for(False, "bf16-if-native", native_bf16_cpu=False) == "32-true"
+def test_bf16_if_native_follows_the_hardware(monkeypatch) -> None:
     # The probe reads the CPU flags the kernel reports.
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
     if flags:
         assert distributed.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_tile"})
+    for native in (True, False):
+        monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda native=native: native)
+        assert distributed.precision_for(True, "bf16-if-native") == "bf16-mixed"
+        assert distributed.precision_for(False, "bf16-if-native") == ("bf16-mixed" if native else "32-true")
+        assert distributed.trainer_settings(compose("train", ["compute.precision=bf16-if-native"]))["precision"] == (
+            "bf16-mixed" if native else "32-true"
+        )
 
 
 def test_strategy_follows_process_count_and_config(monkeypatch) -> None:

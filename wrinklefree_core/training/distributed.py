@@ -53,16 +53,12 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def precision_for(use_cuda: bool, requested: str, native_bf16_cpu: bool | None = None) -> str:
-    """Lightning precision string for `compute.precision` (see the module docstring).
-
-    `native_bf16_cpu` overrides the CPU probe (tests); None asks this machine's CPU.
-    """
+def precision_for(use_cuda: bool, requested: str) -> str:
+    """Lightning precision string for `compute.precision` (see the module docstring)."""
     if requested == "auto":
         return "bf16-mixed" if use_cuda else "32-true"
     if requested == "bf16-if-native":
-        native = cpu_has_native_bf16() if native_bf16_cpu is None else native_bf16_cpu
-        return "bf16-mixed" if use_cuda or native else "32-true"
+        return "bf16-mixed" if use_cuda or cpu_has_native_bf16() else "32-true"
     return requested
 
 

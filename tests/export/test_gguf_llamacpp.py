@@ -1,13 +1,13 @@
 """Exported tiny models run in llama.cpp and match PyTorch: per arch, ternary type and fallback type.
 
-Tolerances:
-- vs the modelled reference (llamacpp_reference): relative L2 <= TIGHT and the median position within
-  1e-4 of the logit scale. Most positions agree to float noise (~1e-5 on logits of ~100); at a rare
-  position one activation lands on the other side of a Q8 rounding boundary and moves by one step,
-  which bounds the relative L2 error at a few 1e-4.
-- vs the exact PyTorch model: derived, not guessed: llama.cpp may be no further from it than the
-  modelled reference is (that gap is the activation-quantization difference, 0.03%-1.3% here), plus
-  TIGHT; and top-1 tokens agree.
+Tolerances (verify_layers.py): every layer, fed llama.cpp's own input, within TIGHT of its update above
+the noise floor, on every kernel path llama.cpp can take here (weights repacked or not, 1 or 2
+threads). Measured on AMD EPYC (AVX-512 host, AVX2 build): most layers agree to 1e-7; a layer where
+one activation lands on the other side of a Q8 rounding boundary moves by one step, ~1.4e-4 of the
+update on these 256-wide models, so TIGHT = 1e-3 leaves room for a few such steps and sits ~25x below
+the smallest export bug below (a wrong RoPE permutation: 2.5e-2 in every layer). End to end, only top-1 agreement with
+the exact model is asserted: the end-to-end logit gap depends on which flips a kernel path happens
+to make (the suite failed on an Intel AMX host that way), which is why verification gates per layer.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from wrinklefree_core.quant.reference import ternarize_weight
 from tests.export.conftest import SAMPLE_TEXT
 
 
-TIGHT = 1e-4
+TIGHT = 1e-3
 W256 = ("model.random.hidden_size=256", "model.random.intermediate_size=512")
 
 # id: (model, subln, overrides, ternary_type, fallback_type, float_type, extra settings, arch, ternary GGUF types)
@@ -92,16 +92,39 @@ def test_llamacpp_matches_reference_and_exact_model(case, exported):
     assert result["passed"] and result["tokens_match"]
     assert result["logit_scale"] > 10, "logits must be peaked for top-1 agreement to mean anything"
 
-    ref, exact, ref_exact = result["vs_reference"], result["vs_exact"], result["reference_vs_exact"]
-    assert ref["rel_l2_error"] <= TIGHT
-    assert ref["median_position_max_abs_error"] <= 1e-4 * result["logit_scale"]
-    assert ref["top1_agreement"] == 1.0
-    assert exact["rel_l2_error"] <= ref_exact["rel_l2_error"] + TIGHT
-    assert exact["top1_agreement"] >= 0.95
+    layers = result["layers"]
+    assert layers["layers_checked"] == len(load_bitnet_checkpoint(ckpt)[0].model.layers)
+    assert layers["embedding_rel_error"] == 0.0, "llama.cpp looks up exactly the rows the file holds"
+    assert all(r["rel_error"] <= r["bound"] <= TIGHT + 2 * layers["noise_floor"] for r in layers["per_layer"])
+    assert layers["head"]["rel_error"] <= layers["head"]["bound"] and layers["head"]["top1_agreement"] == 1.0
+    assert result["vs_exact"]["top1_agreement"] >= 0.95
+    assert result["kernel_path"]["threads"] >= 1 and result["kernel_path"]["build_features"]
 
     on_disk = json.loads((report.path.parent / VERIFICATION_NAME).read_text())
     assert on_disk["passed"] and on_disk["gguf"] == "model.gguf"
     assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.gguf", VERIFICATION_NAME]
+
+
+KERNEL_PATHS = {"repack-1t": (True, 1), "repack-2t": (True, 2), "plain-1t": (False, 1), "plain-2t": (False, 2)}
+
+
+@pytest.mark.parametrize("path", list(KERNEL_PATHS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_verification_holds_on_every_kernel_path(case, path, exported, tmp_path):
+    """Repacked weights (llama.cpp's default where its CPU kernels have a repacked layout) or plain
+    ones, 1 or 2 threads: the same file passes with the same bound, and the report names the path."""
+    ckpt, report, _ = exported(case)
+    repack, threads = KERNEL_PATHS[path]
+    _, _, _, tt, ft, flt, *_ = CASES[case]
+    cfg = cfg_for(tt, ft, flt, verify_repack=repack, verify_threads=threads)
+    result = verify_gguf(report.path, ckpt, cfg, json_path=tmp_path / "v.json")
+    kp = result["kernel_path"]
+    assert result["passed"] and kp["threads"] == threads and kp["repack_requested"] is repack
+    # The pinned AVX2 build repacks Q4_0 rows (8 x 8 interleaved); TQ, Q8_0 and float weights stay as they are.
+    assert kp["repacked"] is (repack and "Q4_0" in report.types().values())
+    worst = result["layers"]["worst_layer"]
+    print(f"{case} {path}: worst layer {worst['layer']} {worst['rel_error']:.3g} (floor {worst['noise_floor']:.3g}), "
+          f"head {result['layers']['head']['rel_error']:.3g}, end-to-end {result['vs_reference']['rel_l2_error']:.3g}")
 
 
 @pytest.mark.parametrize("case", ["bitnet-mixed", "llama-tq2_0", "qwen2-tq1_0", "llama-skip-layer"])
@@ -150,15 +173,16 @@ def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, 
     ckpt = checkpoint_factory("tiny_llama_256", "bitdistill")
     out = tmp_path / "model.gguf"
     out.write_bytes(b"previous export")
-    with pytest.raises(VerificationError, match="relative L2 error vs the modelled reference"):
+    with pytest.raises(VerificationError, match=r"layer 0: llama.cpp's output differs from the reference"):
         export_gguf(ckpt, out, ExportConfig(verify_max_rel_error=TIGHT))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", VERIFICATION_NAME]
     assert out.read_bytes() == b"previous export"
     result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
     assert result["passed"] is False and result["tokens_match"] is True
     # Only ~2% on the logits, about the size of the quantization gap to the exact model: a check
-    # against the exact model alone could not tell this bug from rounding.
+    # against the exact model alone could not tell this bug from rounding. Per layer it stands out.
     assert result["vs_reference"]["rel_l2_error"] > 0.01
+    assert all(r["rel_error"] > 10 * r["bound"] for r in result["layers"]["per_layer"])
 
 
 def test_verification_catches_a_tokenizer_llama_cpp_reads_differently(checkpoint_factory, tmp_path, monkeypatch):

@@ -6,10 +6,10 @@ Arch `bitnet` (no q/k permutation) and `llama` (U rows of q/k permuted like the 
 and the Q4_0 fallback (which llama.cpp repacks, so its LoRA tensors land in a plain CPU buffer),
 F32 and F16 adapters, mixed ranks (alpha 0) and one uniform rank (alpha = rank).
 
-Tolerances, as in test_gguf_llamacpp.py: vs the modelled reference, relative L2 <= TIGHT above the
-reference's own noise floor and the median position within 1e-4 of the logit scale; vs the exact
-PyTorch LRC model, the derived bound. The adapters' effect must exceed the tolerance many times over,
-or agreeing with the reference would not show that llama.cpp applied them.
+Tolerances, as in test_gguf_llamacpp.py: every layer, fed llama.cpp's own input, within TIGHT of its
+update above the noise floor, with and without the adapter. The adapters' effect on every layer must
+exceed that bound many times over, or agreeing with the reference would not show that llama.cpp
+applied them.
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.models.lrc import add_lrc_adapters, lrc_modules, lrc_settings_of
 
-TIGHT = 1e-4
-# An adapter must move the logits by this many tolerances for the logits check to prove it is applied
-# (the tolerance includes the noise floor, up to 4e-3 here: one K/V activation rounding flip at one
-# position reaches every later position through attention).
+TIGHT = 1e-3
+# An adapter must move every layer by this many bounds for the layer check to prove it is applied.
 EFFECT_MARGIN = 20
 
 # id: (model, subln, rank_fraction, init, adapter type, arch, ternary GGUF type, alpha)
@@ -59,19 +57,11 @@ CASES = {
 }
 
 
-# Cases with a known isolated activation flip: in bitnet-svd-tq2_0 one attention value is -9.499993 in
-# llama.cpp and exactly -9.5 in the reference (last-bit attention arithmetic), so one K/V rounding goes
-# the other way at position 16 and reaches every later position. Everything before it agrees to ~1e-7.
-FLIP_TOLERANCE = {"bitnet-svd-tq2_0": 1e-2}
-
-
-def tolerance(case: str) -> float:
-    return FLIP_TOLERANCE.get(case, TIGHT)
-
-
 def cfg(case: str = "", **kw) -> ExportConfig:
-    flips = case in FLIP_TOLERANCE
-    return ExportConfig(verify_max_rel_error=tolerance(case), verify_min_top1=0.95 if flips else 1.0, **kw)
+    """Per-layer TIGHT for every case: bitnet-svd-tq2_0 has one K/V rounding that goes the other way in
+    llama.cpp (an attention value of -9.499993 there, exactly -9.5 in the reference) and reached every
+    later position end to end; fed llama.cpp's own inputs, each layer agrees within TIGHT."""
+    return ExportConfig(verify_max_rel_error=TIGHT, verify_min_top1=1.0, **kw)
 
 
 def make_lrc_checkpoint(out: Path, base: Path, rank_fraction: float, init: str, seed: int = 0) -> Path:
@@ -134,31 +124,41 @@ def test_llamacpp_base_plus_adapter_matches_the_lrc_model(case, exported):
     assert result["passed"] and result["tokens_match"] and result["adapter"]["values_match_checkpoint"]
     assert result["adapter"]["alpha"] == alpha and result["adapter"]["pairs"] == result["adapter"]["pairs_expected"] == 14
 
-    floor = result["noise_floor"]["rel_l2_error"]
-    tol = tolerance(case)
-    ref, exact, ref_exact = result["vs_reference"], result["vs_exact"], result["reference_vs_exact"]
-    assert ref["rel_l2_error"] <= tol + 2 * floor
-    if case not in FLIP_TOLERANCE:
-        assert ref["median_position_max_abs_error"] <= 1e-4 * result["logit_scale"]
-        assert ref["top1_agreement"] == 1.0
-    assert exact["rel_l2_error"] <= ref_exact["rel_l2_error"] + tol + 2 * floor
-    assert exact["top1_agreement"] >= 0.95
+    layers = result["layers"]
+    assert all(r["rel_error"] <= r["bound"] <= TIGHT + 2 * layers["noise_floor"] for r in layers["per_layer"])
+    assert layers["head"]["top1_agreement"] == 1.0 and result["vs_exact"]["top1_agreement"] >= 0.95
 
     # The base file alone is checked against the model without its corrections, just as tightly.
-    base = result["base_alone"]
-    assert base["vs_reference"]["rel_l2_error"] <= TIGHT + 2 * base["noise_floor"]["rel_l2_error"]
-    assert base["vs_reference"]["top1_agreement"] == 1.0
+    base = result["base_alone"]["layers"]
+    assert all(r["rel_error"] <= r["bound"] <= TIGHT + 2 * base["noise_floor"] for r in base["per_layer"])
+    assert base["head"]["top1_agreement"] == 1.0
 
-    # The adapter does something, far beyond the tolerance, in llama.cpp as in the reference.
-    effect = result["llama_cpp_base_vs_base_with_adapter"]["rel_l2_error"]
+    # The adapter moves every layer far beyond its bound: without it, no layer would pass.
     assert result["adapter_effect_resolved"]
-    assert effect > EFFECT_MARGIN * result["tolerance"]["max_rel_error_vs_reference"]
-    assert effect > (100 if case in FLIP_TOLERANCE else 1000) * ref["rel_l2_error"]
+    assert layers["adapter_effect_margin"] > EFFECT_MARGIN
+    effect = result["llama_cpp_base_vs_base_with_adapter"]["rel_l2_error"]
     assert effect == pytest.approx(result["adapter_effect"]["rel_l2_error"], rel=0.01)
 
     on_disk = json.loads((report.path.parent / VERIFICATION_NAME).read_text())
     assert on_disk["passed"] and on_disk["gguf"] == "model.gguf" and on_disk["lora_gguf"] == "model.lora.gguf"
     assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.gguf", "model.lora.gguf", VERIFICATION_NAME]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("repack", [True, False], ids=["repack", "plain"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_base_and_adapter_pass_on_every_kernel_path(case, repack, threads, exported, tmp_path):
+    """With the adapter llama.cpp refuses repacked buffers for the adapted weights; alone, the base file
+    is repacked where its type has a repacked layout (Q4_0 in this build). Both pass on every path."""
+    ckpt, report, _ = exported(case)
+    result = verify_gguf(
+        report.path, ckpt, cfg(case, verify_repack=repack, verify_threads=threads), json_path=tmp_path / "v.json",
+        lora_path=report.lora.path,
+    )
+    assert result["passed"] and result["adapter_effect_resolved"]
+    for kp in (result["kernel_path"], result["base_alone"]["kernel_path"]):
+        assert kp["threads"] == threads and kp["repack_requested"] is repack
+    assert result["base_alone"]["kernel_path"]["repacked"] is (repack and "Q4_0" in report.types().values())
 
 
 def test_llamacpp_loaded_directly_agrees_with_verification(exported):
@@ -176,7 +176,7 @@ def test_llamacpp_loaded_directly_agrees_with_verification(exported):
         exact = model(torch.tensor([ids])).logits[0].numpy()
     assert compare_logits(got, exact)["rel_l2_error"] == pytest.approx(result["vs_exact"]["rel_l2_error"], rel=1e-3)
     assert compare_logits(got, exact)["top1_agreement"] >= 0.95
-    assert compare_logits(got_base, got)["rel_l2_error"] > EFFECT_MARGIN * TIGHT
+    assert compare_logits(got_base, got)["rel_l2_error"] > EFFECT_MARGIN * 1e-4
     assert compare_logits(got_base, exact)["top1_agreement"] < 0.5, "without the adapter the model is another one"
 
 
@@ -379,4 +379,4 @@ def test_unpermuted_adapter_is_caught_and_nothing_is_published(lrc_checkpoint, t
     assert sorted(p.name for p in tmp_path.iterdir()) == [VERIFICATION_NAME]
     result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
     assert result["passed"] is False and result["adapter"]["values_match_checkpoint"] is False
-    assert result["vs_reference"]["rel_l2_error"] < 10 * TIGHT
+    assert all(r["rel_error"] <= r["bound"] for r in result["layers"]["per_layer"])

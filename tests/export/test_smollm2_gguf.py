@@ -13,7 +13,7 @@ import torch
 from transformers import AutoTokenizer
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.export import export_gguf, plan_layout, read_gguf_tensors, reference_logits
+from wrinklefree_core.export import export_gguf, plan_layout, read_gguf_tensors, reference_logits, verify_gguf
 from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 
@@ -39,10 +39,22 @@ def test_export_types_size_and_verification(exported):
         assert types[f"blk.{i}.ffn_down.weight"] == "TQ2_0"
     assert types["token_embd.weight"] == "F16" and "output.weight" not in types
     assert report.file_bytes < 0.45 * report.f16_bytes
-    # llama.cpp is as close to the modelled reference as the reference is to itself under another
-    # float rounding, and several times closer than to the exact (per-row int8) model.
-    assert result["vs_reference"]["rel_l2_error"] <= 2 * max(result["noise_floor"]["rel_l2_error"], 1e-4)
-    assert result["vs_reference"]["rel_l2_error"] < 0.5 * result["vs_exact"]["rel_l2_error"]
+    # Every one of the 30 layers, fed llama.cpp's own input, within its bound; the naive conversion's
+    # end-to-end noise floor (~2%) would hide a bug of that size, the per-layer check does not.
+    layers = result["layers"]
+    assert layers["layers_checked"] == 30
+    assert all(r["rel_error"] <= r["bound"] <= 1e-3 + 2 * layers["noise_floor"] for r in layers["per_layer"])
+    assert layers["head"]["top1_agreement"] == 1.0
+    assert layers["bound"] < 0.01, "the flip floor must stay well below the end-to-end floor it replaces"
+
+
+@pytest.mark.parametrize("repack,threads", [(False, 1), (True, 1)], ids=["plain-1t", "repack-1t"])
+def test_verification_holds_on_other_kernel_paths(exported, smollm2_checkpoint, repack, threads, tmp_path):
+    report, default = exported
+    cfg = ExportConfig(verify_repack=repack, verify_threads=threads)
+    result = verify_gguf(report.path, smollm2_checkpoint, cfg, json_path=tmp_path / "v.json")
+    assert result["passed"] and result["kernel_path"]["repacked"] is repack
+    assert result["kernel_path"]["threads"] == threads
 
 
 def test_llamacpp_generates_and_first_step_matches_reference(exported, smollm2_checkpoint):
@@ -71,6 +83,7 @@ def test_llamacpp_generates_and_first_step_matches_reference(exported, smollm2_c
     ref = reference_logits(model, tensors, torch.tensor(ids)).numpy()
     floor = compare_logits(reference_logits(model, tensors, torch.tensor(ids), torch.float32).numpy()[-1:], ref[-1:])
     got = compare_logits(first[None], ref[-1:])
-    assert got["rel_l2_error"] <= max(1e-4, 3 * floor["rel_l2_error"])
+    # End to end the gap depends on the kernel path's rounding flips (verify_layers.py), so only the
+    # greedy token is pinned here; the per-layer check above carries the numbers.
     assert got["top1_agreement"] == 1.0 or floor["top1_agreement"] < 1.0
     print(f"\nSmolLM2 greedy continuation of {PROMPT!r}: {text!r} (first-step rel L2 vs reference {got['rel_l2_error']:.2e})")

@@ -31,7 +31,9 @@ class ExportConfig(Section):
     verify_max_rel_error: float = Field(
         1e-3,
         gt=0,
-        description="Allowed relative L2 error of llama.cpp logits vs the modelled PyTorch reference, above its noise floor.",
+        description="Allowed relative L2 error of each layer's update and of the logits in llama.cpp vs the modelled reference, above its noise floor.",
     )
     verify_min_top1: float = Field(0.95, ge=0, le=1, description="Smallest allowed fraction of positions whose top-1 token agrees.")
+    verify_threads: int = Field(0, ge=0, description="Threads llama.cpp verifies with; 0 = min(2, CPU count).")
+    verify_repack: bool = Field(True, description="Let llama.cpp repack weights for its CPU kernels while verifying, as it does by default.")
     hf_packed: bool = Field(False, description="format=hf: store ternary weights packed 2-bit (offline) instead of latent fp weights.")

@@ -2,20 +2,23 @@
 
 Checks, all on `cfg.verify_prompt`:
 - llama.cpp's own tokenizer (from the GGUF metadata) gives the same ids as the checkpoint's HF tokenizer;
-- llama.cpp's logits at every position vs the modelled reference (llamacpp_reference: the GGUF's
-  weights, llama.cpp's activation rounding): relative L2 error <= verify_max_rel_error and top-1
-  agreement >= verify_min_top1, both *above the model's noise floor*;
-- vs the exact PyTorch model, with a derived bound: llama.cpp may differ from it by no more than the
-  modelled reference does, plus the tolerance vs the reference (triangle inequality). Any larger gap
-  means the reference misses something llama.cpp does, which would make the tight check meaningless.
+- layer by layer (verify_layers.py): llama.cpp's hidden states, read through its eval callback
+  (llamacpp_run.py), against the modelled reference (llamacpp_reference: the GGUF's weights, llama.cpp's
+  activation rounding), each layer fed llama.cpp's own input: relative error of every layer's update
+  <= verify_max_rel_error above that layer's noise floor, the same for the output head, and the head's
+  top-1 agreement >= verify_min_top1;
+- end to end, llama.cpp's logits vs the reference and vs the exact PyTorch model are reported beside it
+  (vs_reference, vs_exact, noise_floor), not gated.
 
-The noise floor is how far the reference moves from itself when only its float rounding changes
-(fp32 instead of fp64 accumulation). Each int8/Q8 activation quantizer turns a last-bit difference
-into a whole step when a value sits on a rounding boundary, and a deep model can amplify that step:
-the tiny test models have floors of 1e-7 to 4e-4 (relative L2), the naively converted (untrained)
-30-layer SmolLM2 ~2%, while llama.cpp agrees with the float64 reference to 1e-7 to 2e-5 on the former.
-No implementation can be checked more tightly than that, llama.cpp included, so the configured
-tolerances apply on top of NOISE_FACTOR floors; the json records the floor and every bound used.
+Why per layer: each int8/Q8 activation quantizer turns a last-bit difference into a whole step when a
+value sits on a rounding boundary, and a deep model amplifies that step from layer to layer. llama.cpp's
+kernel paths (repacked weights or not, AVX2 / AVX-512 / AMX builds, thread counts) sum in their own
+fp32 orders, so end to end two correct paths differ by up to ~1% on a deep model: a bound taken from one
+CPU's sample failed on another (an Intel AMX host, 2026-12). Fed its own inputs, a layer can only differ
+by what it computes itself. The noise floor of a layer is how far the reference moves from itself when
+only its float rounding changes (fp32 instead of fp64 accumulation), fed the same inputs; the configured
+tolerance applies on top of NOISE_FACTOR floors, and the json records every floor and bound used, and
+the kernel path that ran (`kernel_path`: CPU, threads, repacked or not, the build's features).
 
 Design choices:
 - llama.cpp runs with an F32 KV cache, no flash attention and logits for all positions, so the only
@@ -66,6 +69,7 @@ from wrinklefree_core.export.gguf_lora import (
     write_lora_gguf,
 )
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
+from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp
 from wrinklefree_core.export.llamacpp_reference import (
     GGUFTensor,
     LoraPair,
@@ -74,12 +78,11 @@ from wrinklefree_core.export.llamacpp_reference import (
     read_lora_tensors,
     reference_logits,
 )
+from wrinklefree_core.export.verify_layers import NOISE_FACTOR, check_layers
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
 
 VERIFICATION_NAME = "verification.json"
-# How many noise floors of disagreement llama.cpp may add (its fp32 rounding is independent of ours).
-NOISE_FACTOR = 2.0
 _FLOAT_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
@@ -160,23 +163,24 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
 
 
 def _run_llama(
-    gguf_path: Path, lora_path: Path | None, ids: list[int], prompt: str, failures: list[str]
-) -> tuple[list[int], np.ndarray]:
-    """llama.cpp's token ids for `prompt` and its logits for `ids`; _LoadFailed if it refuses the file(s)."""
+    gguf_path: Path, lora_path: Path | None, ids: list[int], cfg: ExportConfig, failures: list[str]
+) -> LlamaRun:
+    """llama.cpp's run of `ids` (logits, hidden states, its ids for the prompt); _LoadFailed if it refuses."""
     try:
-        llm = load_llama(gguf_path, n_ctx=max(256, len(ids) + 16), lora_path=lora_path)
-    except (ValueError, RuntimeError) as e:  # llama-cpp-python's ways of saying llama.cpp refused a file
+        return run_llamacpp(
+            gguf_path,
+            ids,
+            prompt=cfg.verify_prompt,
+            lora_path=lora_path,
+            threads=cfg.verify_threads or None,
+            repack=cfg.verify_repack,
+        )
+    except RuntimeError as e:  # llama.cpp refused the file(s); its log says why
         raise _LoadFailed(str(e), failures) from e
-    try:
-        ll_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-        # Logits are compared on the HF ids either way, so a tokenizer mismatch still shows the numbers.
-        return ll_ids, llamacpp_logits(llm, ids)
-    finally:
-        llm.close()
 
 
 def _check_logits(
-    got: np.ndarray,
+    run: LlamaRun,
     model: nn.Module,
     tensors: dict[str, GGUFTensor],
     ids: torch.Tensor,
@@ -184,24 +188,24 @@ def _check_logits(
     cfg: ExportConfig,
     lora: dict[str, LoraPair] | None = None,
 ) -> tuple[dict[str, Any], list[str], np.ndarray]:
-    """llama.cpp's logits vs the modelled reference and the exact model: (json entries, failures, reference)."""
+    """llama.cpp's run vs the modelled reference: (json entries, failures, end-to-end reference logits).
+
+    The gate is per layer (verify_layers.check_layers) plus the head's top-1 agreement; the end-to-end
+    comparisons are reported beside it, since across kernel paths they measure amplified rounding
+    flips as much as the export (module docstring).
+    """
+    got = run.logits
     ref = reference_logits(model, tensors, ids, lora=lora).numpy()
     ref_fp32 = reference_logits(model, tensors, ids, accumulate=torch.float32, lora=lora).numpy()
     vs_ref, vs_exact, ref_exact = compare_logits(got, ref), compare_logits(got, exact), compare_logits(ref, exact)
     floor = compare_logits(ref_fp32, ref)
-    max_rel = cfg.verify_max_rel_error + NOISE_FACTOR * floor["rel_l2_error"]
-    min_top1 = cfg.verify_min_top1 - NOISE_FACTOR * (1.0 - floor["top1_agreement"])
-    exact_bound = ref_exact["rel_l2_error"] + max_rel
-    failures = []
-    if vs_ref["rel_l2_error"] > max_rel:
-        failures.append(f"relative L2 error vs the modelled reference {vs_ref['rel_l2_error']:.3g} > {max_rel:.3g}")
-    if vs_ref["top1_agreement"] < min_top1:
-        failures.append(f"top-1 agreement vs the modelled reference {vs_ref['top1_agreement']:.3f} < {min_top1:.3f}")
-    if vs_exact["rel_l2_error"] > exact_bound:
-        failures.append(
-            f"relative L2 error vs the exact model {vs_exact['rel_l2_error']:.3g} > derived bound {exact_bound:.3g}"
-        )
+    layers, failures = check_layers(run, model, tensors, ids, cfg.verify_max_rel_error, lora)
+    head_top1 = layers.get("head", {}).get("top1_agreement", 0.0)
+    if layers.get("layers_checked") and head_top1 < cfg.verify_min_top1:
+        failures.append(f"output head: top-1 agreement with the reference {head_top1:.3f} < {cfg.verify_min_top1:.3f}")
     entries = {
+        "kernel_path": run.path.to_json(),
+        "layers": layers,
         "logit_scale": float(np.abs(exact).max()),
         "vs_reference": vs_ref,
         "vs_exact": vs_exact,
@@ -211,13 +215,11 @@ def _check_logits(
             "configured_max_rel_error": cfg.verify_max_rel_error,
             "configured_min_top1": cfg.verify_min_top1,
             "noise_factor": NOISE_FACTOR,
-            "max_rel_error_vs_reference": max_rel,
-            "min_top1_vs_reference": min_top1,
-            "max_rel_error_vs_exact": exact_bound,
+            "max_rel_error_vs_reference": cfg.verify_max_rel_error + NOISE_FACTOR * floor["rel_l2_error"],
             "rules": {
-                "max_rel_error_vs_reference": "configured_max_rel_error + noise_factor * noise_floor.rel_l2_error",
-                "min_top1_vs_reference": "configured_min_top1 - noise_factor * (1 - noise_floor.top1_agreement)",
-                "max_rel_error_vs_exact": "reference_vs_exact.rel_l2_error + max_rel_error_vs_reference",
+                "gate": "every layer and the head within layers.per_layer[].bound / layers.head.bound; "
+                "head top-1 agreement >= configured_min_top1",
+                "end_to_end": "vs_reference, vs_exact: reported, not gated (kernel-path rounding flips amplify)",
             },
         },
     }
@@ -334,30 +336,31 @@ def _run_checks(
         if lora is None:
             raise _LoadFailed("the LoRA adapter does not fit the checkpoint", failures, extra, attempted=False)
     try:
-        ll_ids, got = _run_llama(gguf_path, lora_path, hf_ids, cfg.verify_prompt, failures)
+        run = _run_llama(gguf_path, lora_path, hf_ids, cfg, failures)
     except _LoadFailed as e:
         e.extra = extra
         raise
+    ll_ids = run.prompt_ids
     if ll_ids != hf_ids:
         failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
     tensors = read_gguf_tensors(gguf_path, layout)
     with torch.no_grad():
         exact = model(ids.view(1, -1)).logits[0].float().numpy()
-    entries, logit_failures, ref = _check_logits(got, model, tensors, ids, exact, cfg, lora)
+    entries, logit_failures, ref = _check_logits(run, model, tensors, ids, exact, cfg, lora)
     failures += logit_failures
 
     if has_lrc:
-        _, base_got = _run_llama(gguf_path, None, hf_ids, cfg.verify_prompt, failures)
+        base_run = _run_llama(gguf_path, None, hf_ids, cfg, failures)
         with torch.no_grad(), lrc_disabled(model):
             base_exact = model(ids.view(1, -1)).logits[0].float().numpy()
-        base_entries, base_failures, base_ref = _check_logits(base_got, model, tensors, ids, base_exact, cfg)
+        base_entries, base_failures, base_ref = _check_logits(base_run, model, tensors, ids, base_exact, cfg)
         failures += [f"base GGUF alone: {f}" for f in base_failures]
         effect = compare_logits(base_ref, ref)
         extra["base_alone"] = base_entries
         extra["adapter_effect"] = effect
-        # Below the tolerance the logits check cannot tell an applied adapter from a missing one.
-        extra["adapter_effect_resolved"] = effect["rel_l2_error"] > entries["tolerance"]["max_rel_error_vs_reference"]
-        extra["llama_cpp_base_vs_base_with_adapter"] = compare_logits(base_got, got)
+        # Below the bounds the layer check cannot tell an applied adapter from a missing one.
+        extra["adapter_effect_resolved"] = bool((entries["layers"].get("adapter_effect_margin") or 0.0) > 1.0)
+        extra["llama_cpp_base_vs_base_with_adapter"] = compare_logits(base_run.logits, run.logits)
 
     return {
         "passed": not failures,

@@ -23,6 +23,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from prefect.runtime import flow_run
 
 from flows.params import PipelineParams
 from flows.report import publish, table_rows
+from flows.report import text as report_text
 from tasks import mlflow_runs
 from tasks.eval_task import call_eval
 from tasks.stage_plan import STAGES, normalize_root
@@ -148,6 +150,23 @@ def parse_fields(items: list[str]) -> dict[str, Any]:
     return fields
 
 
+def _stop_temporary_server() -> None:
+    """Stop the temporary Prefect server a local run started now, not at interpreter exit, so the run's
+    last lines are its summary (Prefect keeps one instance per port; none when PREFECT_API_URL is set)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
+    if not servers:
+        return
+    # What Prefect still has queued for its API goes out first, or it fails against a stopped server.
+    APILogWorker.drain_all(timeout=30)
+    EventsWorker.drain_all(timeout=30)
+    for server in servers:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.full_pipeline [field=value ...]`: run the pipeline in this process.
 
@@ -155,23 +174,40 @@ def main(argv: list[str] | None = None) -> int:
     dotted into a stage's sections: `export.export.ternary_type=tq1_0`, `common.data.seed=1`.
     Prints where the GGUF, the MLflow runs and the eval table are.
     """
+    import os
     import sys
 
     from pydantic import ValidationError
+
+    from wrinklefree_core.console import quiet_libraries
+
+    # The temporary Prefect server this run starts inherits the environment: no telemetry heartbeat
+    # (it would post to prefect.io, and on a busy sqlite file it logs a "database is locked" traceback).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_libraries()
+    # Into a log file (`> run.log 2>&1`) stdout is block-buffered: its lines would land after stderr's.
+    sys.stdout.reconfigure(line_buffering=True)
 
     try:
         params = PipelineParams.model_validate(parse_fields(sys.argv[1:] if argv is None else argv))
     except (ValueError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    started = time.monotonic()
     summary = full_pipeline(params)
+    _stop_temporary_server()
     export = summary["stages"].get("export", {})
     gguf = Path(str(export.get("uri", "")))
     lora = gguf.with_name(f"{gguf.stem}.lora.gguf")
+    print("\nheld-out perplexity (x teacher: overall perplexity over the full-precision teacher's)")
+    print(report_text(summary["eval"]))
     print(f"\nGGUF: {gguf}" + (f" (+ LoRA adapter {lora.name})" if lora.is_file() else ""))
-    print(f"verification: {gguf.parent / 'verification.json'}")
+    print(f"verification: {gguf.parent / 'verification.json'} (llama.cpp's own log: {gguf.parent / 'llama_cpp.log'})")
+    print(f"per-tensor export table: {gguf.parent / 'export_report.txt'}")
     print(f"MLflow: run {summary['mlflow_run_id']} in {mlflow_runs.store_uri(params.tracking_uri)} (experiment {params.experiment})")
     print(f"eval table and stage outputs: {Path(params.out_root) / 'pipeline.json'}")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    print(f"total time: {minutes} min {seconds:02d} s")
     return 0
 
 

@@ -57,6 +57,9 @@ def parent_env(parent_run_id: str | None) -> Iterator[None]:
 
 def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
     """Run the stage in this process (module docstring)."""
+    from wrinklefree_core.console import quiet_libraries
+
+    quiet_libraries()
     cfg = plan.cfg.model_copy(update={"out": plan.out_uri})
     summary = ""
     if plan.stage == "convert":

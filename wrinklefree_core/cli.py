@@ -164,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
+    from wrinklefree_core.console import quiet_libraries
     from wrinklefree_core.errors import USER_ERRORS
 
+    quiet_libraries()
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

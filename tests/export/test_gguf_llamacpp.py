@@ -21,6 +21,7 @@ from gguf import GGUFReader
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import (
+    LLAMA_LOG_NAME,
     VERIFICATION_NAME,
     VerificationError,
     export_gguf,
@@ -102,7 +103,7 @@ def test_llamacpp_matches_reference_and_exact_model(case, exported):
 
     on_disk = json.loads((report.path.parent / VERIFICATION_NAME).read_text())
     assert on_disk["passed"] and on_disk["gguf"] == "model.gguf"
-    assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.gguf", VERIFICATION_NAME]
+    assert sorted(p.name for p in report.path.parent.iterdir()) == [LLAMA_LOG_NAME, "model.gguf", VERIFICATION_NAME]
 
 
 KERNEL_PATHS = {"repack-1t": (True, 1), "repack-2t": (True, 2), "plain-1t": (False, 1), "plain-2t": (False, 2)}
@@ -175,7 +176,7 @@ def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, 
     out.write_bytes(b"previous export")
     with pytest.raises(VerificationError, match=r"layer 0: llama.cpp's output differs from the reference"):
         export_gguf(ckpt, out, ExportConfig(verify_max_rel_error=TIGHT))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", VERIFICATION_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LLAMA_LOG_NAME, "model.gguf", VERIFICATION_NAME]
     assert out.read_bytes() == b"previous export"
     result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
     assert result["passed"] is False and result["tokens_match"] is True
@@ -183,6 +184,21 @@ def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, 
     # against the exact model alone could not tell this bug from rounding. Per layer it stands out.
     assert result["vs_reference"]["rel_l2_error"] > 0.01
     assert all(r["rel_error"] > 10 * r["bound"] for r in result["layers"]["per_layer"])
+
+
+def test_a_writer_bug_that_llama_cpp_and_the_reference_share_is_caught(checkpoint_factory, tmp_path, monkeypatch):
+    """Scales written 1% too large: llama.cpp and the reference read the same wrong file and agree
+    layer by layer; only reading the file back against the checkpoint can tell."""
+    from wrinklefree_core.export import gguf_quant
+
+    real = gguf_quant.ternarize_weight
+    monkeypatch.setattr(gguf_quant, "ternarize_weight", lambda w: (lambda wq, s: (wq, s * 1.01))(*real(w)))
+    ckpt = checkpoint_factory("tiny_llama_256", "bitdistill")
+    with pytest.raises(VerificationError, match=r"tensors of the GGUF differ from the checkpoint's weights: blk\.0\."):
+        export_gguf(ckpt, tmp_path / "model.gguf", ExportConfig(verify_max_rel_error=TIGHT))
+    result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
+    assert len(result["weights"]["tensors_differing"]) == 7 * 2  # every projection of both layers
+    assert all(r["rel_error"] <= r["bound"] for r in result["layers"]["per_layer"])
 
 
 def test_verification_catches_a_tokenizer_llama_cpp_reads_differently(checkpoint_factory, tmp_path, monkeypatch):
@@ -199,6 +215,8 @@ def test_verification_catches_a_tokenizer_llama_cpp_reads_differently(checkpoint
 
 def test_unloadable_file_is_a_verification_error(checkpoint_factory, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF not really")
-    with pytest.raises(VerificationError, match="could not run"):
+    with pytest.raises(VerificationError, match=f"could not run.*llama.cpp's own log in {tmp_path / LLAMA_LOG_NAME}"):
         verify_gguf(tmp_path / "m.gguf", checkpoint_factory("tiny_llama", "bitdistill"), ExportConfig())
     assert json.loads((tmp_path / VERIFICATION_NAME).read_text())["passed"] is False
+    # llama.cpp's reason is in its log, not on the terminal.
+    assert "failed to load model" in (tmp_path / LLAMA_LOG_NAME).read_text()

@@ -27,6 +27,7 @@ from tests.export.conftest import build_checkpoint
 from wrinklefree_core.config import compose
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import (
+    LLAMA_LOG_NAME,
     VERIFICATION_NAME,
     ExportError,
     VerificationError,
@@ -40,6 +41,7 @@ from wrinklefree_core.export import (
 )
 from wrinklefree_core.export.gguf_layout import permute_rows
 from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
+from wrinklefree_core.stages.export import REPORT_NAME
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.models.lrc import add_lrc_adapters, lrc_modules, lrc_settings_of
 
@@ -141,7 +143,7 @@ def test_llamacpp_base_plus_adapter_matches_the_lrc_model(case, exported):
 
     on_disk = json.loads((report.path.parent / VERIFICATION_NAME).read_text())
     assert on_disk["passed"] and on_disk["gguf"] == "model.gguf" and on_disk["lora_gguf"] == "model.lora.gguf"
-    assert sorted(p.name for p in report.path.parent.iterdir()) == ["model.gguf", "model.lora.gguf", VERIFICATION_NAME]
+    assert sorted(p.name for p in report.path.parent.iterdir()) == [LLAMA_LOG_NAME, "model.gguf", "model.lora.gguf", VERIFICATION_NAME]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -280,8 +282,15 @@ def test_export_stage_writes_and_reports_both_files(lrc_checkpoint, tmp_path):
     out = tmp_path / "gguf" / "tiny.gguf"
     result, summary = run_export(compose("export", [f"checkpoint={ckpt}", f"out={out}"]))
     assert result.out == out
-    assert sorted(p.name for p in out.parent.iterdir()) == ["stage.json", "tiny.gguf", "tiny.lora.gguf", VERIFICATION_NAME]
-    assert "LoRA adapter GGUF" in summary and "verified in llama.cpp: passed" in summary
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == [REPORT_NAME, LLAMA_LOG_NAME, "stage.json", "tiny.gguf", "tiny.lora.gguf", VERIFICATION_NAME]
+    # The terminal gets a few lines with the size counted with the adapter; the table goes to the report file.
+    lines = summary.splitlines()
+    assert len(lines) <= 6 and "verified in llama.cpp: passed" in summary
+    total = out.stat().st_size + (out.parent / "tiny.lora.gguf").stat().st_size
+    assert f"= {total / 2**20:.2f} MiB" in lines[1] and "bits per weight" in lines[1] and "(adapter included)" in lines[1]
+    table = (out.parent / REPORT_NAME).read_text()
+    assert "LoRA adapter GGUF" in table and "blk.0.attn_q.weight.lora_a" in table and "blk.0.attn_q.weight.lora_a" not in summary
 
 
 # ----------------------------------------------------------------------------------- failures
@@ -376,7 +385,7 @@ def test_unpermuted_adapter_is_caught_and_nothing_is_published(lrc_checkpoint, t
     out = tmp_path / "model.gguf"
     with pytest.raises(VerificationError, match="differ from the checkpoint's U, V"):
         export_gguf(ckpt, out, cfg(""))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [VERIFICATION_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LLAMA_LOG_NAME, VERIFICATION_NAME]
     result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
     assert result["passed"] is False and result["adapter"]["values_match_checkpoint"] is False
     assert all(r["rel_error"] <= r["bound"] for r in result["layers"]["per_layer"])

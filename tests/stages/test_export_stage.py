@@ -30,7 +30,13 @@ def test_gguf_export_is_verified_and_documented(checkpoint: Path, tmp_path):
     manifest = read_manifest(out.parent)
     assert manifest.stage == "export" and manifest.inputs["checkpoint"] == str(checkpoint)
     assert manifest.metrics["size_vs_f16"] < 0.5
-    assert sorted(p.name for p in out.parent.iterdir()) == ["stage.json", "tiny.gguf", "verification.json"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "export_report.txt", "llama_cpp.log", "stage.json", "tiny.gguf", "verification.json",
+    ]
+    # A healthy export prints its summary, not llama.cpp's log nor the per-tensor table.
+    assert "blk.0.attn_q.weight" not in proc.stdout and "blk.0.attn_q.weight" in (out.parent / "export_report.txt").read_text()
+    assert "llama_model_loader" not in proc.stdout + proc.stderr
+    assert "llama_model_loader" in (out.parent / "llama_cpp.log").read_text()
 
 
 def test_tq1_export(checkpoint: Path, tmp_path):

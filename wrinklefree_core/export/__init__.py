@@ -28,7 +28,7 @@ from wrinklefree_core.export.llamacpp_reference import (
     read_lora_tensors,
     reference_logits,
 )
-from wrinklefree_core.export.verify import VERIFICATION_NAME, VerificationError, export_gguf, verify_gguf
+from wrinklefree_core.export.verify import LLAMA_LOG_NAME, VERIFICATION_NAME, VerificationError, export_gguf, verify_gguf
 
 __all__ = [
     "ExportError",
@@ -37,6 +37,7 @@ __all__ = [
     "LoraExportReport",
     "LoraLayout",
     "TensorRecord",
+    "LLAMA_LOG_NAME",
     "VERIFICATION_NAME",
     "VerificationError",
     "detect_pre_tokenizer",

@@ -18,6 +18,8 @@ Design choices:
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -259,6 +261,27 @@ def write_gguf(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, c
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
+
+
+def format_summary(report: GGUFExportReport) -> str:
+    """A few lines for the terminal: tensors per type, size on disk with the adapter counted, bits per
+    weight over the whole model (adapter bytes included), and the ratio to an all-F16 export."""
+    counts: dict[str, int] = {}
+    for t in report.tensors:
+        counts[t.ggml_type] = counts.get(t.ggml_type, 0) + 1
+    weights = sum(math.prod(t.shape) for t in report.tensors)
+    adapter = report.lora.file_bytes if report.lora is not None else 0
+    total = report.file_bytes + adapter
+    size = _mib(report.file_bytes) + (f" + LoRA adapter {_mib(adapter)} = {_mib(total)}" if adapter else "")
+    lines = [
+        f"GGUF export: {report.path} (arch {report.arch}): "
+        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        + " tensors",
+        f"  size {size}; {8 * total / max(1, weights):.2f} bits per weight over {weights / 1e6:.1f}M weights"
+        f"{' (adapter included)' if adapter else ''}; all-F16 export {_mib(report.f16_bytes)}",
+    ]
+    lines += [f"  note: {n}" for n in report.notes]
+    return "\n".join(lines)
 
 
 def format_report(report: GGUFExportReport) -> str:

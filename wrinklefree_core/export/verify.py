@@ -2,6 +2,8 @@
 
 Checks, all on `cfg.verify_prompt`:
 - llama.cpp's own tokenizer (from the GGUF metadata) gives the same ids as the checkpoint's HF tokenizer;
+- the file's tensors, read back, equal the checkpoint's (ternary values times the fp16 scale, float
+  tensors rounded to their type; verify_weights.py), since the reference below reads the file;
 - layer by layer (verify_layers.py): llama.cpp's hidden states, read through its eval callback
   (llamacpp_run.py), against the modelled reference (llamacpp_reference: the GGUF's weights, llama.cpp's
   activation rounding), each layer fed llama.cpp's own input: relative error of every layer's update
@@ -69,6 +71,7 @@ from wrinklefree_core.export.gguf_lora import (
     write_lora_gguf,
 )
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
+from wrinklefree_core.export.llamacpp_log import llamacpp_log_to
 from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp
 from wrinklefree_core.export.llamacpp_reference import (
     GGUFTensor,
@@ -79,10 +82,12 @@ from wrinklefree_core.export.llamacpp_reference import (
     reference_logits,
 )
 from wrinklefree_core.export.verify_layers import NOISE_FACTOR, check_layers
+from wrinklefree_core.export.verify_weights import check_weights
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
 
 VERIFICATION_NAME = "verification.json"
+LLAMA_LOG_NAME = "llama_cpp.log"  # llama.cpp's own log of the verification, beside the json
 _FLOAT_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
@@ -122,6 +127,9 @@ def load_llama(gguf_path: str | Path, n_ctx: int, lora_path: str | Path | None =
     with the LoRA adapter at `lora_path` applied at scale 1 when given."""
     from llama_cpp import Llama
 
+    from wrinklefree_core.export import llamacpp_log
+
+    llamacpp_log.install()
     return Llama(
         model_path=str(gguf_path),
         lora_path=None if lora_path is None else str(lora_path),
@@ -344,6 +352,8 @@ def _run_checks(
     if ll_ids != hf_ids:
         failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
     tensors = read_gguf_tensors(gguf_path, layout)
+    extra["weights"], weight_failures = check_weights(tensors, model, layout)
+    failures += weight_failures
     with torch.no_grad():
         exact = model(ids.view(1, -1)).logits[0].float().numpy()
     entries, logit_failures, ref = _check_logits(run, model, tensors, ids, exact, cfg, lora)
@@ -402,9 +412,13 @@ def verify_gguf(
     if lora is not None:
         base["lora_gguf"] = published_lora_name or lora.name
     base["checkpoint"] = str(checkpoint_dir)
+    log_file = json_file.parent / LLAMA_LOG_NAME
+    base["llama_cpp_log"] = log_file.name
     try:
-        base["llama_cpp"] = llamacpp_version()
-        result = {**base, **_run_checks(gguf_path, checkpoint_dir, cfg, lora)}
+        log_file.unlink(missing_ok=True)  # this verification's log only
+        with llamacpp_log_to(log_file):
+            base["llama_cpp"] = llamacpp_version()
+            result = {**base, **_run_checks(gguf_path, checkpoint_dir, cfg, lora)}
     except ImportError as e:
         raise VerificationError(
             f"llama-cpp-python is not installed ({e}); install it (pip install llama-cpp-python) or export with verify=false."
@@ -415,10 +429,15 @@ def verify_gguf(
         result = {**base, "passed": False, "failures": failures, **e.extra}
         _write_json(json_file, result)
         headline = f"llama.cpp could not run {what}" if e.attempted else str(e)
-        raise VerificationError(f"{gguf_path}: {headline} ({'; '.join(failures)}). Details in {json_file}.") from e
+        raise VerificationError(
+            f"{gguf_path}: {headline} ({'; '.join(failures)}). Details in {json_file}, llama.cpp's own log in {log_file}."
+        ) from e
     _write_json(json_file, result)
     if not result["passed"]:
-        raise VerificationError(f"{gguf_path} failed verification: {'; '.join(result['failures'])}. Details in {json_file}.")
+        raise VerificationError(
+            f"{gguf_path} failed verification: {'; '.join(result['failures'])}. Details in {json_file}, "
+            f"llama.cpp's own log in {log_file}."
+        )
     return result
 
 

@@ -15,13 +15,16 @@ import time
 from pathlib import Path
 
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.export.gguf_writer import format_report
+from wrinklefree_core.export.gguf_writer import format_report, format_summary
 from wrinklefree_core.export.hf_export import export_hf
 from wrinklefree_core.export.verify import export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.stages.artifact_io import local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+
+
+REPORT_NAME = "export_report.txt"  # every tensor's type, shape and bytes, beside the GGUF
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -50,13 +53,28 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     if cfg.export.format == "gguf":
         out.parent.mkdir(parents=True, exist_ok=True)
         report, verification = export_gguf(checkpoint, out, cfg.export)
-        summary = format_report(report)
+        # The per-tensor table (hundreds of rows) goes to a file of the export's own; the terminal gets the summary.
+        table = out.parent / REPORT_NAME
+        table.write_text(format_report(report) + "\n", encoding="utf-8")
+        summary = format_summary(report) + f"\n  per-tensor table: {table}"
         metrics.update(file_bytes=report.file_bytes, f16_bytes=report.f16_bytes, size_vs_f16=report.file_bytes / report.f16_bytes)
         if verification is not None:
             for key, value in verification.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     metrics[f"verify_{key}"] = float(value)
-            summary += f"\nverified in llama.cpp: passed (details in {out.parent / 'verification.json'})"
+            layers = verification.get("layers", {})
+            if layers.get("layers_checked"):
+                metrics["verify_worst_layer_rel_error"] = float(layers["worst_layer"]["rel_error"])
+                metrics["verify_layer_bound"] = float(layers["bound"])
+                metrics["verify_head_top1"] = float(layers["head"]["top1_agreement"])
+            kernel = verification.get("kernel_path", {})
+            worst = verification.get("layers", {}).get("worst_layer", {})
+            summary += (
+                f"\n  verified in llama.cpp: passed, every layer within {worst.get('bound', float('nan')):.2g} of its update "
+                f"(worst {worst.get('rel_error', float('nan')):.2g}, layer {worst.get('layer')}) on {kernel.get('threads')} "
+                f"thread(s), {'repacked' if kernel.get('repacked') else 'plain'} weights; details in "
+                f"{out.parent / 'verification.json'}"
+            )
         manifest_folder = out.parent
     else:
         report = export_hf(checkpoint, out, cfg.export)

@@ -149,25 +149,6 @@ def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, An
 # ------------------------------------------------------------------------------------------ trainer
 
 
-def _progress_bar():
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
-
-    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
-
-    class StepProgressBar(base):
-        """Shows steps out of max_steps (the training stream is endless, so there is no epoch length)."""
-
-        @property
-        def total_train_batches(self) -> int:
-            return self.trainer.max_steps
-
-        def _get_train_description(self, current_epoch: int) -> str:
-            return "train"
-
-    return StepProgressBar()
-
-
 def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
@@ -237,7 +218,13 @@ def run_train(cfg: RunConfig) -> StageResult:
     from lightning.pytorch.utilities import rank_zero_only
 
     from wrinklefree_core.training.batch_size import find_batch_size
-    from wrinklefree_core.training.callbacks import InfluenceRemixing, NaNGuard, ResumableCheckpoint, Throughput
+    from wrinklefree_core.training.callbacks import (
+        InfluenceRemixing,
+        NaNGuard,
+        ResumableCheckpoint,
+        Throughput,
+        progress_callbacks,
+    )
     from wrinklefree_core.training.datamodule import BitNetDataModule
     from wrinklefree_core.training.evaluate import evaluate_perplexity
     from wrinklefree_core.training.module import BitNetTrainModule
@@ -317,12 +304,14 @@ def run_train(cfg: RunConfig) -> StageResult:
         state, cfg.training.checkpoint_every, write_model, meta, last_step=resume["step"] if resume is not None else None
     )
     remix = [InfluenceRemixing(cfg.training.influence, datamodule, seed=cfg.seed)] if cfg.training.influence.enabled else []
+    progress, bar = progress_callbacks(stage)
     trainer = Trainer(
         **settings,
+        enable_progress_bar=bar,
         max_steps=cfg.training.max_steps,
         max_epochs=-1,
         logger=logger,
-        callbacks=[throughput, NaNGuard(checkpoint.last_good), *remix, checkpoint, _progress_bar()],
+        callbacks=[throughput, NaNGuard(checkpoint.last_good), *remix, checkpoint, *progress],
         enable_checkpointing=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

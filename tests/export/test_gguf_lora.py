@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGUFReader, GGUFWriter
+from gguf import quants as gguf_quants
 from transformers import AutoTokenizer
 
 from tests.export.conftest import build_checkpoint
@@ -56,6 +57,9 @@ CASES = {
     "llama-random-tq2_0": ("tiny_llama_256", "none", 0.25, "random", "f32", "llama", "TQ2_0", 0.0),
     # 0.01 * min(in, out) < 1 for every projection: rank 1 everywhere, so alpha = 1.
     "llama-rank1-q4_0": ("tiny_llama", "none", 0.01, "random", "f32", "llama", "Q4_0", 1.0),
+    # Q8_0 pads every rank up to 32 (zero columns): one stored rank, so alpha = 32.
+    "bitnet-random-q4_0-q8_0": ("tiny_llama", "bitdistill", 0.25, "random", "q8_0", "bitnet", "Q4_0", 32.0),
+    "llama-random-tq2_0-q8_0": ("tiny_llama_256", "none", 0.25, "random", "q8_0", "llama", "TQ2_0", 0.0),
 }
 
 
@@ -128,7 +132,12 @@ def test_llamacpp_base_plus_adapter_matches_the_lrc_model(case, exported):
 
     layers = result["layers"]
     assert all(r["rel_error"] <= r["bound"] <= TIGHT + 2 * layers["noise_floor"] for r in layers["per_layer"])
-    assert layers["head"]["top1_agreement"] == 1.0 and result["vs_exact"]["top1_agreement"] >= 0.95
+    assert layers["head"]["top1_agreement"] == 1.0
+    # A Q8_0 adapter rounds its input to 8 bits (as llama.cpp does): the reference itself then agrees with
+    # the exact model on only ~85% of top-1 tokens here (adapters moving the logits by tens of percent),
+    # and llama.cpp must be about as close.
+    ref_exact_top1 = result["reference_vs_exact"]["top1_agreement"]
+    assert result["vs_exact"]["top1_agreement"] >= min(0.95, ref_exact_top1 - 0.05)
 
     # The base file alone is checked against the model without its corrections, just as tightly.
     base = result["base_alone"]["layers"]
@@ -185,7 +194,7 @@ def test_llamacpp_loaded_directly_agrees_with_verification(exported):
 # ----------------------------------------------------------------------------------- the files
 
 
-@pytest.mark.parametrize("case", ["bitnet-random-q4_0-f16", "llama-random-tq2_0", "llama-rank1-q4_0"])
+@pytest.mark.parametrize("case", ["bitnet-random-q4_0-f16", "llama-random-tq2_0", "llama-rank1-q4_0", "llama-random-tq2_0-q8_0"])
 def test_adapter_file_metadata_shapes_and_values(case, exported):
     ckpt, report, _ = exported(case)
     *_, lora_type, arch, _, alpha = CASES[case]
@@ -204,20 +213,26 @@ def test_adapter_file_metadata_shapes_and_values(case, exported):
         assert base_name in base_names
         a, b = tensors[f"{base_name}.lora_a"], tensors[f"{base_name}.lora_b"]
         expected |= {a.name, b.name}
-        # GGUF lists ne0 first: lora_a ne = [in, rank], lora_b ne = [rank, out].
-        assert [int(n) for n in a.shape] == [m.in_features, m.rank]
-        assert [int(n) for n in b.shape] == [m.rank, m.out_features]
+        # GGUF lists ne0 first: lora_a ne = [in, rank], lora_b ne = [rank, out]. Q8_0 stores the rank
+        # padded up to a multiple of its 32-value block, with zero columns.
+        rank = -(-m.rank // 32) * 32 if lora_type == "q8_0" else m.rank
+        assert [int(n) for n in a.shape] == [m.in_features, rank]
+        assert [int(n) for n in b.shape] == [rank, m.out_features]
         assert a.tensor_type.name == b.tensor_type.name == lora_type.upper()
         u, v = m.lrc_U.detach().float(), m.lrc_V.detach().float()
         if arch == "llama" and name.endswith(("q_proj", "k_proj")):
             heads = model.config.num_attention_heads if name.endswith("q_proj") else model.config.num_key_value_heads
             u = permute_rows(u, heads)
             assert not torch.equal(u, m.lrc_U.detach().float()), "the permutation must move rows"
-        want_a, want_b = v.T.numpy(), u.numpy()
+        u = torch.cat([u, torch.zeros(u.shape[0], rank - m.rank)], dim=1)
+        v = torch.cat([v, torch.zeros(v.shape[0], rank - m.rank)], dim=1)
+        want_a, want_b = v.T.contiguous().numpy(), u.contiguous().numpy()
         if lora_type == "f16":
             want_a, want_b = want_a.astype(np.float16), want_b.astype(np.float16)
-        got_a = np.asarray(a.data).reshape(m.rank, m.in_features)
-        got_b = np.asarray(b.data).reshape(m.out_features, m.rank)
+        if lora_type == "q8_0":  # the raw blocks, as gguf's own Q8_0 quantizer writes them
+            want_a, want_b = gguf_quants.quantize(want_a, a.tensor_type), gguf_quants.quantize(want_b, b.tensor_type)
+        got_a = np.asarray(a.data).reshape(want_a.shape)
+        got_b = np.asarray(b.data).reshape(want_b.shape)
         assert np.array_equal(got_a, want_a) and np.array_equal(got_b, want_b), name
     assert set(tensors) == expected
     assert not any("lrc" in t.hf_name for t in report.tensors), "the base file holds no adapter tensor"

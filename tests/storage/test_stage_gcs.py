@@ -66,7 +66,7 @@ def test_convert_export_eval_through_the_bucket(bucket, tmp_path, capsys):
     code, result, err = run(capsys, "export", f"checkpoint={ckpt}", "format=gguf", "export.verify=false", f"out={gguf}", *FAST)
     assert code == 0, err
     assert result["out"] == gguf
-    assert objects(bucket, "runs/tiny-gguf") == {"tiny.gguf", "stage.json", MARKER_NAME}
+    assert objects(bucket, "runs/tiny-gguf") == {"tiny.gguf", "export_report.txt", "stage.json", MARKER_NAME}
     exported = resolve_input(f"gs://{bucket}/runs/tiny-gguf")
     assert read_manifest(exported).inputs == {"checkpoint": ckpt}  # the URI, not this machine's cache path
     assert read_manifest(exported).config["checkpoint"] == ckpt

@@ -21,10 +21,13 @@ Design choices:
   k/v under GQA get smaller ranks than q), so one alpha can give every pair scale 1 only when all
   ranks are equal: then alpha = rank (the usual PEFT-style value), otherwise alpha = 0. Either way
   llama.cpp applies U V^T exactly once at the default lora_scale 1; the factors are never rescaled.
-- Precision: F32 by default, which holds U and V exactly; F16 (half the size) is an option. ggml
-  multiplies an F16 matrix with the activation rounded to F16 (its vec_dot_type), so an F16 adapter
-  also rounds h and the rank-r intermediate; llamacpp_reference models both. F16 refuses factors
-  beyond fp16's range; any non-finite factor is refused for either type.
+- Precision: F32 by default, which holds U and V exactly; F16 (half the size) and Q8_0 (8.5 bits
+  per value, a quarter of F32 plus the rank padding) are options. ggml multiplies an F16 matrix with
+  the activation rounded to F16 and a Q8_0 one with the activation in Q8_0 blocks (their
+  vec_dot_types), so such an adapter also rounds h and the rank-r intermediate; llamacpp_reference
+  models both. Q8_0 blocks run along each row's input, so lora_b (rows of length rank) needs a rank
+  that is a multiple of 32: U and V get zero columns up to it (stored_rank), which changes nothing
+  in U V^T. F16 refuses factors beyond fp16's range; any non-finite factor is refused for every type.
 - On a Q4_0 base llama.cpp's CPU backend repacks the weights into its CPU_REPACK buffer and warns
   that each LoRA pair falls back to the plain CPU buffer; expected and harmless (verified numbers).
 - The adapter type is `export.lora_type`; a keyword argument overrides it (tests compare both types).
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys
+from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys, quants
 from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
@@ -58,7 +61,8 @@ from wrinklefree_core.models.checkpoint import CONFIG_NAME, SETTINGS_KEY
 from wrinklefree_core.models.lrc import lrc_modules
 
 T = GGMLQuantizationType
-ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16}
+ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0}
+Q8_0_BLOCK = 32
 LORA_SUFFIX = ".lora.gguf"
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -120,14 +124,44 @@ class LoraLayout:
         return out
 
 
+def stored_rank(rank: int, adapter_type: str) -> int:
+    """The rank an adapter is stored with: Q8_0 quantizes lora_b's rows (length rank) in blocks of 32,
+    so its rank is padded up with zero columns of U and V (exact: they add nothing to U V^T)."""
+    if ADAPTER_TYPES[adapter_type] == T.Q8_0:
+        return -(-rank // Q8_0_BLOCK) * Q8_0_BLOCK
+    return rank
+
+
+def pad_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
+    """`t` (rows, r) with zero columns appended up to `rank`."""
+    if t.shape[1] == rank:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], rank - t.shape[1])], dim=1)
+
+
+def quantize_roundtrip(t: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
+    """`t` (rows along the last dim) as a tensor of `qtype` dequantizes it: exact for F32, fp16-rounded
+    for F16, gguf's Q8_0 blocks for Q8_0. The value the adapter file holds for a factor."""
+    if qtype == T.F32:
+        return t.float()
+    if qtype == T.F16:
+        return t.float().half().float()
+    arr = t.detach().float().contiguous().numpy()
+    back = quants.dequantize(quants.quantize(arr, qtype), qtype)
+    return torch.from_numpy(np.array(back, dtype=np.float32)).reshape(t.shape)
+
+
 def lora_alpha(ranks: list[int]) -> float:
     """alpha that makes llama.cpp's scale exactly 1 for every pair: the rank if all agree, else 0."""
     unique = set(ranks)
     return float(unique.pop()) if len(unique) == 1 else 0.0
 
 
-def plan_lora(model: nn.Module, layout: GGUFLayout) -> LoraLayout:
-    """Map every BitLinearLRC of `model` to the base tensor of `layout` it corrects, or raise ExportError."""
+def plan_lora(model: nn.Module, layout: GGUFLayout, adapter_type: str = "f32") -> LoraLayout:
+    """Map every BitLinearLRC of `model` to the base tensor of `layout` it corrects, or raise ExportError.
+
+    Spec ranks are the ranks stored in an adapter of `adapter_type` (stored_rank); alpha follows them.
+    """
     modules = lrc_modules(model)
     if not modules:
         raise ExportError(
@@ -148,7 +182,8 @@ def plan_lora(model: nn.Module, layout: GGUFLayout) -> LoraLayout:
                 f"LRC adapter on '{name}' has U {tuple(m.lrc_U.shape)} / V {tuple(m.lrc_V.shape)}, expected "
                 f"({m.out_features}, {m.rank}) / ({m.in_features}, {m.rank}). Re-run the stage that wrote it."
             )
-        specs.append(LoraSpec(name, tensor.gguf_name, m.rank, m.in_features, m.out_features, tensor.permute_heads))
+        rank = stored_rank(m.rank, adapter_type)
+        specs.append(LoraSpec(name, tensor.gguf_name, rank, m.in_features, m.out_features, tensor.permute_heads))
     return LoraLayout(layout.arch, lora_alpha([s.rank for s in specs]), specs)
 
 
@@ -178,11 +213,18 @@ def encode_lora(model: nn.Module, plan: LoraLayout, adapter_type: str) -> list[t
         u, v = m.lrc_U.detach().float(), m.lrc_V.detach().float()
         _check_factor(u, f"{spec.module}.lrc_U", qtype)
         _check_factor(v, f"{spec.module}.lrc_V", qtype)
+        u, v = pad_rank(u, spec.rank), pad_rank(v, spec.rank)
         if spec.permute_heads is not None:
             u = permute_rows(u, spec.permute_heads)
-        out.append((spec.a_name, encode_float(v.T.contiguous(), qtype, f"{spec.module}.lrc_V")))
-        out.append((spec.b_name, encode_float(u.contiguous(), qtype, f"{spec.module}.lrc_U")))
+        out.append((spec.a_name, _encode_factor(v.T.contiguous(), qtype, f"{spec.module}.lrc_V")))
+        out.append((spec.b_name, _encode_factor(u.contiguous(), qtype, f"{spec.module}.lrc_U")))
     return out
+
+
+def _encode_factor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str) -> EncodedTensor:
+    if qtype != T.Q8_0:
+        return encode_float(t, qtype, name)
+    return EncodedTensor(quants.quantize(t.numpy(), qtype), qtype, tuple(t.shape))
 
 
 def _write_adapter(path: Path, plan: LoraLayout, encoded: list[tuple[str, EncodedTensor]], name: str) -> None:
@@ -193,7 +235,10 @@ def _write_adapter(path: Path, plan: LoraLayout, encoded: list[tuple[str, Encode
         writer.add_string(Keys.Adapter.TYPE, "lora")
         writer.add_float32(Keys.Adapter.LORA_ALPHA, plan.alpha)
         for tensor_name, enc in encoded:
-            writer.add_tensor(tensor_name, enc.data)
+            if enc.ggml_type in (T.F16, T.F32):
+                writer.add_tensor(tensor_name, enc.data)
+            else:
+                writer.add_tensor(tensor_name, enc.data, raw_dtype=enc.ggml_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -241,7 +286,7 @@ def write_lora_gguf(
         raise ExportError(f"The base GGUF and the LoRA adapter cannot both be written to {out}.")
     adapter_type = resolve_adapter_type(cfg, lora_type)
     prep = prepare_gguf(checkpoint_dir, cfg, with_lora=True)
-    plan = plan_lora(prep.model, prep.layout)
+    plan = plan_lora(prep.model, prep.layout, adapter_type)
     with torch.no_grad():
         encoded = encode_lora(prep.model, plan, adapter_type)
     write_atomically(

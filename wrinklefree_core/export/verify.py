@@ -67,7 +67,9 @@ from wrinklefree_core.export.gguf_lora import (
     LoraLayout,
     checkpoint_has_lrc,
     lora_path_for,
+    pad_rank,
     plan_lora,
+    quantize_roundtrip,
     write_lora_gguf,
 )
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
@@ -88,7 +90,7 @@ from wrinklefree_core.models.lrc import lrc_modules
 
 VERIFICATION_NAME = "verification.json"
 LLAMA_LOG_NAME = "llama_cpp.log"  # llama.cpp's own log of the verification, beside the json
-_FLOAT_TYPES = frozenset(ADAPTER_TYPES.values())
+_ADAPTER_GGML_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
 class VerificationError(RuntimeError):
@@ -234,6 +236,17 @@ def _check_logits(
     return entries, failures, ref
 
 
+def _adapter_type_of(lora_path: Path) -> str:
+    """The export.lora_type an adapter file was written with (its tensors' type), "f32" when unclear:
+    the file check then names what is wrong."""
+    try:
+        types = {GGMLQuantizationType(t.tensor_type) for t in GGUFReader(str(lora_path)).tensors}
+    except Exception:  # unreadable: check_lora_file says so
+        return "f32"
+    names = [k for k, v in ADAPTER_TYPES.items() if {v} == types]
+    return names[0] if names else "f32"
+
+
 def check_lora_file(
     lora_path: Path, plan: LoraLayout, model: nn.Module
 ) -> tuple[dict[str, Any], list[str], dict[str, LoraPair] | None]:
@@ -270,8 +283,8 @@ def check_lora_file(
             found = tuple(int(n) for n in reversed(t.shape))
             if found != shape:
                 broken.append(f"'{name}' has shape {found}, expected {shape}")
-            if GGMLQuantizationType(t.tensor_type) not in _FLOAT_TYPES:
-                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32 or F16")
+            if GGMLQuantizationType(t.tensor_type) not in _ADAPTER_GGML_TYPES:
+                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32, F16 or Q8_0")
     missing = [s.module for s in plan.specs if s.a_name not in present and s.b_name not in present]
     if missing:
         failures.append(
@@ -296,10 +309,12 @@ def check_lora_file(
         if pair.scale != 1.0:
             wrong_scale.append(f"{name} ({pair.scale:g})")
         m = modules[name]
-        for got, want in ((pair.u, m.lrc_U), (pair.v, m.lrc_V)):
-            want = want.detach().float()
-            if got.ggml_type == GGMLQuantizationType.F16:
-                want = want.half().float()
+        rank = pair.u.value.shape[1]
+        u, v = pad_rank(m.lrc_U.detach().float(), rank), pad_rank(m.lrc_V.detach().float(), rank)
+        # What the file should hold: the factors rounded to their type along each stored row
+        # (lora_b = U: rows of length rank; lora_a = V^T: rows of length in_features).
+        expected = ((pair.u, quantize_roundtrip(u, pair.u.ggml_type)), (pair.v, quantize_roundtrip(v.T, pair.v.ggml_type).T))
+        for got, want in expected:
             err = float((got.value - want).abs().max()) if want.numel() else 0.0
             worst = max(worst, err)
             if err:
@@ -338,7 +353,7 @@ def _run_checks(
     failures: list[str] = []
     lora, extra = None, {}
     if has_lrc:
-        plan = plan_lora(model, layout)
+        plan = plan_lora(model, layout, _adapter_type_of(lora_path))
         summary, failures, lora = check_lora_file(lora_path, plan, model)
         extra["adapter"] = summary
         if lora is None:

@@ -340,7 +340,18 @@ def test_factors_beyond_fp16_are_refused_for_an_f16_adapter(checkpoint_factory, 
         write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="f16")
     assert not out.exists() or list(out.iterdir()) == []
     with pytest.raises(ExportError, match="not supported"):
-        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q4_0")
+    # Q8_0 holds 1e5 (its fp16 block scale is 1e5 / 127); a scale beyond fp16 is refused the same way.
+    write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
+
+
+def test_factors_whose_q8_0_scale_overflows_are_refused(checkpoint_factory, tmp_path):
+    def blow_up(model):
+        lrc_modules(model)[3][1].lrc_U[0, 0] = 1e7
+
+    ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "huge", "svd", blow_up)
+    with pytest.raises(ExportError, match="Q8_0 block scale beyond fp16's range. Export the adapter as f32"):
+        write_lora_gguf(ckpt, tmp_path / "out" / "m.gguf", tmp_path / "out" / "m.lora.gguf", cfg(""), lora_type="q8_0")
 
 
 def _rewrite_adapter(src: Path, dst: Path, drop: set[str]) -> None:
@@ -351,9 +362,12 @@ def _rewrite_adapter(src: Path, dst: Path, drop: set[str]) -> None:
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(reader.fields["adapter.lora.alpha"].contents()))
     for t in reader.tensors:
-        if t.name not in drop:
-            shape = tuple(int(n) for n in reversed(t.shape))
-            writer.add_tensor(t.name, np.asarray(t.data).reshape(shape))
+        if t.name in drop:
+            continue
+        if t.tensor_type.name in ("F32", "F16"):
+            writer.add_tensor(t.name, np.asarray(t.data).reshape(tuple(int(n) for n in reversed(t.shape))))
+        else:  # raw blocks, as the reader holds them
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -21,7 +21,7 @@ class ExportConfig(Section):
     )
     float_type: Literal["f16", "f32"] = Field("f16", description="GGUF type of the embedding (and untied output) matrix.")
     lora_type: Literal["f32", "f16", "q8_0"] = Field(
-        "f32",
+        "q8_0",
         description="GGUF type of the LRC adapter (NAME.lora.gguf): f16 halves it, q8_0 (8.5 bits) quarters it; both round its input likewise.",
     )
     verify: bool = Field(True, description="Run the exported file in llama.cpp and compare logits with PyTorch.")

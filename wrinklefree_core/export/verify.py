@@ -473,7 +473,7 @@ def export_gguf(
     is raised (verification.json beside `out_path` says why).
 
     A checkpoint with LRC adapters becomes two files, the base at `out_path` and its LoRA adapter at
-    lora_path_for(out_path) (`<name>.lora.gguf`, type `lora_type`, default f32), verified together
+    lora_path_for(out_path) (`<name>.lora.gguf`, type `lora_type`, default cfg.lora_type), verified together
     and published together; `report.lora` describes the adapter.
     """
     out = Path(out_path)

@@ -57,6 +57,9 @@ CASES = {
     "qwen2-q8_0": ("tiny_qwen2", "none", (), "tq2_0", "q8_0", "f16", {}, "qwen2", {"Q8_0"}),
     "qwen2-tq1_0": ("tiny_qwen2", "none", W256, "tq1_0", "q4_0", "f16", {}, "qwen2", {"TQ1_0"}),
     "qwen3-q4_0": ("tiny_qwen3", "none", (), "tq2_0", "q4_0", "f16", {}, "qwen3", {"Q4_0"}),
+    # Token embedding (tied output head) in Q8_0: looked up exactly, multiplied with Q8_0 activations.
+    "bitnet-tq2_0-q8_0-embedding": ("tiny_llama_256", "bitdistill", (), "tq2_0", "q4_0", "q8_0", {}, "bitnet", {"TQ2_0", "Q8_0"}),
+    "qwen2-q8_0-embedding": ("tiny_qwen2", "none", (), "tq2_0", "q8_0", "q8_0", {}, "qwen2", {"Q8_0"}),
 }
 
 

@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys, quants
+from gguf import GGMLQuantizationType, GGUFType, GGUFWriter, Keys
 from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
-from wrinklefree_core.export.gguf_quant import EncodedTensor, encode_float
+from wrinklefree_core.export.gguf_quant import EncodedTensor, encode_float, quantize_roundtrip
 from wrinklefree_core.export.gguf_writer import (
     GGUFExportReport,
     TensorRecord,
@@ -140,18 +140,6 @@ def pad_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(t.shape[0], rank - t.shape[1])], dim=1)
 
 
-def quantize_roundtrip(t: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
-    """`t` (rows along the last dim) as a tensor of `qtype` dequantizes it: exact for F32, fp16-rounded
-    for F16, gguf's Q8_0 blocks for Q8_0. The value the adapter file holds for a factor."""
-    if qtype == T.F32:
-        return t.float()
-    if qtype == T.F16:
-        return t.float().half().float()
-    arr = t.detach().float().contiguous().numpy()
-    back = quants.dequantize(quants.quantize(arr, qtype), qtype)
-    return torch.from_numpy(np.array(back, dtype=np.float32)).reshape(t.shape)
-
-
 def lora_alpha(ranks: list[int]) -> float:
     """alpha that makes llama.cpp's scale exactly 1 for every pair: the rank if all agree, else 0."""
     unique = set(ranks)
@@ -221,15 +209,9 @@ def encode_lora(model: nn.Module, plan: LoraLayout, adapter_type: str) -> list[t
         u, v = pad_rank(u, spec.rank), pad_rank(v, spec.rank)
         if spec.permute_heads is not None:
             u = permute_rows(u, spec.permute_heads)
-        out.append((spec.a_name, _encode_factor(v.T.contiguous(), qtype, f"{spec.module}.lrc_V")))
-        out.append((spec.b_name, _encode_factor(u.contiguous(), qtype, f"{spec.module}.lrc_U")))
+        out.append((spec.a_name, encode_float(v.T.contiguous(), qtype, f"{spec.module}.lrc_V")))
+        out.append((spec.b_name, encode_float(u.contiguous(), qtype, f"{spec.module}.lrc_U")))
     return out
-
-
-def _encode_factor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str) -> EncodedTensor:
-    if qtype != T.Q8_0:
-        return encode_float(t, qtype, name)
-    return EncodedTensor(quants.quantize(t.numpy(), qtype), qtype, tuple(t.shape))
 
 
 def _write_adapter(path: Path, plan: LoraLayout, encoded: list[tuple[str, EncodedTensor]], name: str) -> None:

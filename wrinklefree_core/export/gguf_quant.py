@@ -29,7 +29,7 @@ from wrinklefree_core.quant.reference import ternarize_weight
 T = GGMLQuantizationType
 TERNARY_TYPES = {"tq2_0": T.TQ2_0, "tq1_0": T.TQ1_0}
 FALLBACK_TYPES = {"q4_0": T.Q4_0, "q8_0": T.Q8_0}
-FLOAT_TYPES = {"f16": T.F16, "f32": T.F32}
+FLOAT_TYPES = {"f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0}
 TQ_BLOCK = 256
 FALLBACK_BLOCK = 32
 _FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
@@ -122,9 +122,29 @@ def encode_ternary(
     return EncodedTensor(data, qtype, tuple(weight.shape), s16)
 
 
+def quantize_roundtrip(t: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
+    """`t` (rows along the last dim) as a tensor of `qtype` dequantizes it: exact for F32, fp16-rounded
+    for F16, gguf's own blocks for Q8_0. What a file written by encode_float holds."""
+    if qtype == T.F32:
+        return t.float()
+    if qtype == T.F16:
+        return t.float().half().float()
+    arr = t.detach().float().contiguous().numpy()
+    back = quants.dequantize(quants.quantize(arr, qtype), qtype)
+    return torch.from_numpy(np.array(back, dtype=np.float32)).reshape(t.shape)
+
+
 def encode_float(tensor: torch.Tensor, qtype: GGMLQuantizationType, name: str) -> EncodedTensor:
-    """Write a full-precision tensor as F16 or F32; refuse values that overflow F16."""
+    """Write a full-precision tensor as F16, F32 or Q8_0 (blocks of 32 along each row, an fp16 scale
+    each); refuse values that overflow F16 or a Q8_0 block scale."""
     arr = tensor.detach().float().numpy()
+    if qtype == T.Q8_0:
+        peak = float(np.abs(arr).max()) if arr.size else 0.0
+        if peak / 127 > _FP16_MAX:
+            raise ExportError(f"{name} has values up to {peak:.3g}, beyond a Q8_0 block scale. Export with float_type=f32.")
+        if tensor.shape[-1] % 32:
+            raise ExportError(f"{name} has rows of {tensor.shape[-1]} values; Q8_0 needs a multiple of 32. Use float_type=f16.")
+        return EncodedTensor(quants.quantize(np.ascontiguousarray(arr), qtype), qtype, tuple(tensor.shape))
     if qtype == T.F16:
         peak = float(np.abs(arr).max()) if arr.size else 0.0
         if peak > _FP16_MAX:

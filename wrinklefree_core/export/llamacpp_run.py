@@ -15,9 +15,9 @@ Design choices:
   can turn weight repacking (`use_extra_bufts`) on or off.
 - `ggml_tensor` is mirrored as a ctypes Structure from the pinned llama.cpp's ggml.h (checked against
   its size, 336 bytes); only F32 tensors with contiguous rows are read, which every captured name is.
-- Captured: every `l_out-<layer>` and `result_norm`, the names every llama.cpp graph (llama, qwen2,
-  qwen3, bitnet) gives each layer's residual output and the final norm, and the embedding lookup (kept
-  as `inp_embd`, found by what it reads: see `_captured_name`).
+- Captured: every `l_out-<layer>`, the name every llama.cpp graph (llama, qwen2, qwen3, bitnet) gives
+  each layer's residual output, and the embedding lookup (kept as `inp_embd`, found by what it reads:
+  see `_captured_name`). Each captured tensor splits llama.cpp's graph there; nothing else is asked for.
 - One ubatch for the whole sequence (n_batch = n_ubatch = n_ctx), F32 KV cache, no flash attention,
   logits for every position: the only deliberate differences from PyTorch are the modelled ones.
 - `KernelPath` says what ran: the build's CPU features, this CPU, threads, repacking asked and whether
@@ -38,7 +38,7 @@ import numpy as np
 from wrinklefree_core.export import llamacpp_log
 
 _GGML_TYPE_F32 = 0
-CAPTURE_PATTERN = re.compile(r"^(l_out-\d+|result_norm)$")
+CAPTURE_PATTERN = re.compile(r"^l_out-\d+$")
 
 
 class _GGMLTensor(ctypes.Structure):

@@ -7,7 +7,7 @@ Checks, all on `cfg.verify_prompt`:
 - layer by layer (verify_layers.py): llama.cpp's hidden states, read through its eval callback
   (llamacpp_run.py), against the modelled reference (llamacpp_reference: the GGUF's weights, llama.cpp's
   activation rounding), each layer fed llama.cpp's own input: relative error of every layer's update
-  <= verify_max_rel_error above that layer's noise floor, the same for the output head, and the head's
+  <= verify_max_rel_error above the model's noise floor, the same for the output head, and the head's
   top-1 agreement >= verify_min_top1;
 - end to end, llama.cpp's logits vs the reference and vs the exact PyTorch model are reported beside it
   (vs_reference, vs_exact, noise_floor), not gated.
@@ -17,10 +17,10 @@ value sits on a rounding boundary, and a deep model amplifies that step from lay
 kernel paths (repacked weights or not, AVX2 / AVX-512 / AMX builds, thread counts) sum in their own
 fp32 orders, so end to end two correct paths differ by up to ~1% on a deep model: a bound taken from one
 CPU's sample failed on another (an Intel AMX host, 2026-12). Fed its own inputs, a layer can only differ
-by what it computes itself. The noise floor of a layer is how far the reference moves from itself when
-only its float rounding changes (fp32 instead of fp64 accumulation), fed the same inputs; the configured
-tolerance applies on top of NOISE_FACTOR floors, and the json records every floor and bound used, and
-the kernel path that ran (`kernel_path`: CPU, threads, repacked or not, the build's features).
+by what it computes itself. The noise floor is how far the reference moves from itself when only its
+float rounding changes (fp32 instead of fp64 accumulation), fed the same inputs, at its largest over the
+layers; the configured tolerance applies on top of NOISE_FACTOR floors, and the json records every floor
+and bound used, and the kernel path that ran (`kernel_path`: CPU, threads, repacked or not, features).
 
 Design choices:
 - llama.cpp runs with an F32 KV cache, no flash attention and logits for all positions, so the only
@@ -69,9 +69,9 @@ from wrinklefree_core.export.gguf_lora import (
     lora_path_for,
     pad_rank,
     plan_lora,
-    quantize_roundtrip,
     write_lora_gguf,
 )
+from wrinklefree_core.export.gguf_quant import quantize_roundtrip
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
 from wrinklefree_core.export.llamacpp_log import llamacpp_log_to
 from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp

@@ -3,7 +3,8 @@
 The logits checks compare llama.cpp with a reference that reads the *file*, so a writer bug that both
 would share (a wrong scale, a tensor written for another one) passes them. This check closes that
 gap: every ternary matrix must read back as exactly `ternarize_weight(latent) * fp16(scale)` (the
-function training uses), every float tensor as the checkpoint's value rounded to the file's type.
+function training uses), every other tensor as the checkpoint's value rounded to the file's type
+(F32 exact, F16, or gguf's Q8_0 blocks for a quantized embedding).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from wrinklefree_core.export.gguf_layout import GGUFLayout
+from wrinklefree_core.export.gguf_quant import quantize_roundtrip
 from wrinklefree_core.export.llamacpp_reference import GGUFTensor
 from wrinklefree_core.quant.reference import ternarize_weight
 
@@ -24,9 +26,7 @@ def _expected(role: str, value: torch.Tensor, ggml_type: GGMLQuantizationType) -
     if role == "ternary":
         wq, s = ternarize_weight(value)
         return wq * float(np.float16(s.item()))
-    if ggml_type == GGMLQuantizationType.F16:
-        return value.float().half().float()
-    return value.float()
+    return quantize_roundtrip(value, ggml_type)
 
 
 def check_weights(
@@ -37,8 +37,6 @@ def check_weights(
     wrong: list[tuple[str, float]] = []
     for spec in layout.tensors:
         got = tensors[spec.hf_name]
-        if got.ggml_type not in (GGMLQuantizationType.F16, GGMLQuantizationType.F32) and spec.role != "ternary":
-            continue  # a lossy float type (none is written today) has no exact expectation
         want = _expected(spec.role, state[spec.hf_name].detach(), got.ggml_type)
         if got.value.shape != want.shape or not torch.equal(got.value, want):
             err = float((got.value - want).abs().max()) if got.value.shape == want.shape else float("inf")

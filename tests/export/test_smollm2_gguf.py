@@ -37,7 +37,7 @@ def test_export_types_size_and_verification(exported):
         for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"):
             assert types[f"blk.{i}.{name}.weight"] == "Q4_0"
         assert types[f"blk.{i}.ffn_down.weight"] == "TQ2_0"
-    assert types["token_embd.weight"] == "F16" and "output.weight" not in types
+    assert types["token_embd.weight"] == "Q8_0" and "output.weight" not in types
     assert report.file_bytes < 0.45 * report.f16_bytes
     # Every one of the 30 layers, fed llama.cpp's own input, within its bound; the naive conversion's
     # end-to-end noise floor (~2%) would hide a bug of that size, the per-layer check does not.

@@ -19,8 +19,9 @@ class ExportConfig(Section):
     fallback_type: Literal["q4_0", "q8_0"] = Field(
         "q4_0", description="Lossless GGUF type for ternary matrices whose input width is not a multiple of 256."
     )
-    float_type: Literal["f16", "f32", "q8_0"] = Field(
-        "f16", description="GGUF type of the embedding, the untied output and unconverted matrices; q8_0 = 8.5 bits, lossy."
+    float_type: Literal["q8_0", "f16", "f32"] = Field(
+        "q8_0",
+        description="GGUF type of the embedding, the untied output and unconverted matrices (q8_0: 8.5 bits; F16 where a row is not 32-aligned).",
     )
     lora_type: Literal["f32", "f16", "q8_0"] = Field(
         "q8_0",

@@ -1,4 +1,4 @@
-"""Encode tensors into GGUF blocks: ternary matrices losslessly, everything else as F16/F32.
+"""Encode tensors into GGUF blocks: ternary matrices losslessly, everything else as Q8_0, F16 or F32.
 
 Design choices:
 - The ternary values come from `quant.reference.ternarize_weight`, the function training uses, so
@@ -11,7 +11,7 @@ Design choices:
   Q8_0 are packed here, because the stock Q4_0 quantizer maps one sign to -7/8 of s and the stock Q8_0
   one stores s/127 (2e-4 s off). Every encoded ternary tensor is dequantized once and compared with
   fp16(s) * W_q before it is accepted: a silent change of numbers is worse than a failed export.
-- Embeddings/output/full-precision matrices: F16 or F32 (float_type); norms and biases: F32, as
+- Embeddings/output/full-precision matrices: Q8_0 (default), F16 or F32 (float_type); norms and biases: F32, as
   llama.cpp expects for 1-D tensors.
 """
 

@@ -108,7 +108,9 @@ def encode_tensors(model: torch.nn.Module, layout: GGUFLayout, cfg: ExportConfig
         elif spec.role in ("matrix", "embedding", "output"):
             if spec.permute_heads is not None:
                 tensor = permute_rows(tensor, spec.permute_heads)
-            enc = encode_float(tensor, float_type, spec.hf_name)
+            # Q8_0 blocks run along rows of 32; a row of another width keeps F16 (reported per tensor).
+            qtype = T.F16 if float_type == T.Q8_0 and tensor.shape[-1] % 32 else float_type
+            enc = encode_float(tensor, qtype, spec.hf_name)
         else:  # norms and biases stay F32
             if spec.permute_heads is not None:
                 tensor = permute_rows(tensor, spec.permute_heads)

@@ -311,10 +311,31 @@ for label, overrides in (("h100", mounted), ("cpu-mount", mounted), ("cpu", unmo
 """
 
 
-def _free_port() -> int:
+def _port_is_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    """A free API-server port whose derived queue-manager port is free too: SkyPilot's server also
+    listens on 50000 + (DEFAULT_QUEUE_MANAGER_PORT - 50000 + offset) % 10000 (offset = port minus its
+    default), and refuses to start when that one is taken (seen once in a full suite run)."""
+    from sky.server import common as server_common
+    from sky.server.requests.queues import mp_queue
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        offset = port - server_common.DEFAULT_SERVER_PORT
+        queue_port = 50000 + (mp_queue.DEFAULT_QUEUE_MANAGER_PORT - 50000 + offset) % 10000
+        if queue_port != port and _port_is_free(queue_port):
+            return port
+    raise RuntimeError("no free pair of API-server and queue-manager ports found")
 
 
 def _api_servers_on(port: int) -> list[psutil.Process]:

@@ -18,22 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import yaml
 
 STAGES = ("convert", "train", "eval", "export")
-
-
-def _quiet_libraries() -> None:
-    """Silence progress bars and info logs of libraries; our own output stays readable."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -61,7 +50,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from wrinklefree_core.stages.convert import run_convert
 
     cfg = compose("convert", args.overrides)
-    _quiet_libraries()
     print(f"converting model={cfg.model.name} (source={cfg.model.source}, subln={cfg.bitnet.subln}) ...", flush=True)
     result = run_convert(cfg)
     if args.json:
@@ -82,7 +70,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from wrinklefree_core.stages.export import run_export
 
     cfg = compose("export", args.overrides)
-    _quiet_libraries()
     print(f"exporting {cfg.checkpoint} as {cfg.export.format} ...", flush=True)
     result, summary = run_export(cfg)
     if args.json:
@@ -98,7 +85,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from wrinklefree_core.stages.train import run_train
 
     cfg = compose("train", args.overrides)
-    _quiet_libraries()
     print(
         f"training model={cfg.model.name} with training={cfg.training.name} for {cfg.training.max_steps} steps "
         f"(resume={cfg.training.resume}) ...",
@@ -126,7 +112,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from wrinklefree_core.training.evaluate import run_eval
 
     cfg = compose("eval", args.overrides)
-    _quiet_libraries()
     local_cfg, _ = local_inputs(cfg)
     result = run_eval(local_cfg)
     if cfg.checkpoint:

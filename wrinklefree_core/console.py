@@ -3,7 +3,7 @@
 `quiet_libraries()` is called by every entry point that runs a stage (the CLI, the pipeline, a Prefect
 worker's stage task). It turns off transformers' and huggingface_hub's per-file "Loading weights" bars,
 which interleave with a stage's own progress bar and fill a log file with carriage returns, and keeps
-their advisory warnings out. llama.cpp's log has its own sink (export/llamacpp_log.py). Environment
+their info logs and advisory warnings out (and the tokenizers' fork warning). llama.cpp's log has its own sink (export/llamacpp_log.py). Environment
 values a user set are kept: the defaults apply only where nothing is set.
 """
 
@@ -15,6 +15,8 @@ import sys
 _QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
@@ -27,6 +29,7 @@ def quiet_libraries() -> None:
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
+        hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
     if "huggingface_hub" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars

@@ -115,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             base, adapter = files[k]
             return (base.stat().st_size + (adapter.stat().st_size if adapter else 0)) / 2**20
 
-        ref = f"teacher llama.cpp {'Q4_0'}" if "q4_0" in args.ptq else names[0]
+        ref = "teacher llama.cpp Q4_0" if "q4_0" in args.ptq else names[0]
         ref_decode = statistics.median(d for _, d in runs[ref])
         print(f"{args.threads} thread(s), {args.prompt_tokens}-token prompt, {args.tokens} decode steps, median of {args.rounds}")
-        print(f"{'file':28} {'MiB':>8} {'x ' + ref[-4:]:>8} {'prompt tok/s':>13} {'decode tok/s':>13} {'decode x':>9}")
+        print(f"ratios against: {ref}")
+        print(f"{'file':28} {'MiB':>8} {'size x':>8} {'prompt tok/s':>13} {'decode tok/s':>13} {'decode x':>9}")
         for k in names:
             prompt_rate = statistics.median(p for p, _ in runs[k])
             decode = statistics.median(d for _, d in runs[k])

@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from wrinklefree_core.console import quiet_libraries
+    from wrinklefree_core.export.verify import LLAMA_LOG_NAME, VERIFICATION_NAME
+    from wrinklefree_core.stages.export import REPORT_NAME
 
     # The temporary Prefect server this run starts inherits the environment: no telemetry heartbeat
     # (it would post to prefect.io, and on a busy sqlite file it logs a "database is locked" traceback).
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nheld-out perplexity (x teacher: overall perplexity over the full-precision teacher's)")
     print(report_text(summary["eval"]))
     print(f"\nGGUF: {gguf}" + (f" (+ LoRA adapter {lora.name})" if lora.is_file() else ""))
-    print(f"verification: {gguf.parent / 'verification.json'} (llama.cpp's own log: {gguf.parent / 'llama_cpp.log'})")
-    print(f"per-tensor export table: {gguf.parent / 'export_report.txt'}")
+    print(f"verification: {gguf.parent / VERIFICATION_NAME} (llama.cpp's own log: {gguf.parent / LLAMA_LOG_NAME})")
+    print(f"per-tensor export table: {gguf.parent / REPORT_NAME}")
     print(f"MLflow: run {summary['mlflow_run_id']} in {mlflow_runs.store_uri(params.tracking_uri)} (experiment {params.experiment})")
     print(f"eval table and stage outputs: {Path(params.out_root) / 'pipeline.json'}")
     minutes, seconds = divmod(round(time.monotonic() - started), 60)

@@ -6,13 +6,14 @@ metadata), which buries a run's own output. This module installs a callback once
 sends every line to the current sink instead:
 
 - inside `llamacpp_log_to(path)`, appended to that file (the export's `llama_cpp.log`);
-- always, into a bounded in-memory tail (`recent_lines`), so a caller can look for what llama.cpp said
+- always, into a bounded in-memory tail (`mark` / `lines_since`), so a caller can look for what llama.cpp said
   during one load (e.g. whether weights went to a CPU_REPACK buffer) without parsing a file.
 
 Design choices:
 - The callback object is kept at module level: ctypes would free it otherwise, and llama.cpp would
   call freed memory.
-- Writing is line-buffered by llama.cpp's own newlines; a continuation (level 5) is appended as is.
+- The sink file stays open for the block (a load logs thousands of lines); a continuation (level 5)
+  is appended as is.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _TAIL_LINES = 4000
 _lock = threading.Lock()
 _tail: deque[str] = deque(maxlen=_TAIL_LINES)
 _total = 0  # lines logged so far in this process; positions for lines_since
-_sinks: list[Path] = []
+_sinks: list = []  # open text files, innermost last
 _callback = None
 
 
@@ -39,8 +40,7 @@ def _on_log(level: int, text: bytes, user_data) -> None:
         _tail.append(line)
         _total += 1
         if _sinks:
-            with _sinks[-1].open("a", encoding="utf-8") as f:
-                f.write(line)
+            _sinks[-1].write(line)
 
 
 def install() -> None:
@@ -76,10 +76,11 @@ def llamacpp_log_to(path: str | Path | None) -> Iterator[Path | None]:
         return
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with _lock:
-        _sinks.append(p)
-    try:
-        yield p
-    finally:
+    with p.open("a", encoding="utf-8") as f:
         with _lock:
-            _sinks.remove(p)
+            _sinks.append(f)
+        try:
+            yield p
+        finally:
+            with _lock:
+                _sinks.remove(f)

@@ -76,10 +76,6 @@ class KernelPath:
     cpu: str  # this machine's CPU model name
     cpu_flags: list[str] = field(default_factory=list)  # the SIMD features that select ggml kernels
 
-    def describe(self) -> str:
-        repack = "repacked weights" if self.repacked else ("no repack (refused)" if self.repack_requested else "no repack")
-        return f"{self.cpu}; {self.threads} thread(s); {repack}; build: {self.build_features}"
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -131,7 +127,6 @@ def run_llamacpp(
     lora_path: str | Path | None = None,
     threads: int | None = None,
     repack: bool = True,
-    capture: bool = True,
 ) -> LlamaRun:
     """Evaluate `ids` from an empty context; return logits, llama.cpp's ids for `prompt`, hidden states.
 
@@ -179,9 +174,8 @@ def run_llamacpp(
         cparams.type_k = cparams.type_v = _GGML_TYPE_F32
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cparams.no_perf = True
-        if capture:
-            cparams.cb_eval = callback
-            cparams.cb_eval_user_data = None
+        cparams.cb_eval = callback
+        cparams.cb_eval_user_data = None
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not ctx:
             raise RuntimeError(f"llama.cpp could not create a context for {gguf_path}")

@@ -225,7 +225,6 @@ def _check_logits(
             "configured_max_rel_error": cfg.verify_max_rel_error,
             "configured_min_top1": cfg.verify_min_top1,
             "noise_factor": NOISE_FACTOR,
-            "max_rel_error_vs_reference": cfg.verify_max_rel_error + NOISE_FACTOR * floor["rel_l2_error"],
             "rules": {
                 "gate": "every layer and the head within layers.per_layer[].bound / layers.head.bound; "
                 "head top-1 agreement >= configured_min_top1",

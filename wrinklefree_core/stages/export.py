@@ -17,7 +17,7 @@ from pathlib import Path
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.export.gguf_writer import format_report, format_summary
 from wrinklefree_core.export.hf_export import export_hf
-from wrinklefree_core.export.verify import export_gguf
+from wrinklefree_core.export.verify import VERIFICATION_NAME, export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.stages.artifact_io import local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
@@ -62,18 +62,15 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
             for key, value in verification.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     metrics[f"verify_{key}"] = float(value)
-            layers = verification.get("layers", {})
-            if layers.get("layers_checked"):
-                metrics["verify_worst_layer_rel_error"] = float(layers["worst_layer"]["rel_error"])
-                metrics["verify_layer_bound"] = float(layers["bound"])
-                metrics["verify_head_top1"] = float(layers["head"]["top1_agreement"])
-            kernel = verification.get("kernel_path", {})
-            worst = verification.get("layers", {}).get("worst_layer", {})
+            layers, kernel = verification["layers"], verification["kernel_path"]
+            worst = layers["worst_layer"]
+            metrics["verify_worst_layer_rel_error"] = float(worst["rel_error"])
+            metrics["verify_layer_bound"] = float(layers["bound"])
+            metrics["verify_head_top1"] = float(layers["head"]["top1_agreement"])
             summary += (
-                f"\n  verified in llama.cpp: passed, every layer within {worst.get('bound', float('nan')):.2g} of its update "
-                f"(worst {worst.get('rel_error', float('nan')):.2g}, layer {worst.get('layer')}) on {kernel.get('threads')} "
-                f"thread(s), {'repacked' if kernel.get('repacked') else 'plain'} weights; details in "
-                f"{out.parent / 'verification.json'}"
+                f"\n  verified in llama.cpp: passed, every layer within {layers['bound']:.2g} of its update "
+                f"(worst {worst['rel_error']:.2g}, layer {worst['layer']}) on {kernel['threads']} thread(s), "
+                f"{'repacked' if kernel['repacked'] else 'plain'} weights; details in {out.parent / VERIFICATION_NAME}"
             )
         manifest_folder = out.parent
     else:

@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.params import PipelineParams
+from flows.params import PipelineParams, SmokePipelineParams, describe
 from flows.report import publish, table_rows
 from flows.report import text as report_text
 from tasks import mlflow_runs
@@ -110,7 +110,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
             "flow_run_id": str(flow_run.id or ""),
             "mlflow_run_id": parent,
             "mlflow_experiment_id": exp_id,
-            "params": params.model_dump(mode="json"),
+            "params": describe(params),
             "stages": results,
             "eval": rows,
         }
@@ -124,6 +124,14 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
 @flow(name="full-pipeline", log_prints=True)
 def full_pipeline(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """HF model -> ternary BitNet GGUF through every stage, with a held-out perplexity table at the end."""
+    return run_pipeline(params)
+
+
+# The same flow with the smoke preset as its form (deploy/prefect.yaml's full-pipeline/smoke): a
+# deployment's form is its entrypoint's signature, so the preset needs its own to show its values.
+@flow(name="full-pipeline", log_prints=True)
+def smoke_pipeline(params: SmokePipelineParams = SmokePipelineParams()) -> dict[str, Any]:
+    """The full pipeline with the smoke budget (configs/pipeline/smoke.yaml): tiny_llama, 3 steps per training stage."""
     return run_pipeline(params)
 
 

@@ -2,69 +2,89 @@
 
 `PipelineParams` is the one parameter of the full-pipeline flow. Each stage is a nested form of
 its config sections (flows/stage_params.py: `train.training.optimizer.lr`, `export.export.ternary_type`,
-...), defaulting to what the stage's recipe composes to. Prefect renders the JSON schema as a form
-and validates a submitted run against it (types, bounds, choices, unknown keys); the model
-validator then composes every stage's RunConfig, so what only the whole config can check (the
-lrc stage keeping the lrc objective, an unknown key in a raw `overrides` list) fails at parameter
-validation too, before anything is computed.
+...). Prefect renders the JSON schema as a form and validates a submitted run against it (types,
+bounds, choices, unknown keys); the model validator then composes every stage's RunConfig, so what
+only the whole config can check (the lrc stage keeping the lrc objective, an unknown key in a raw
+`overrides` list) fails at parameter validation too, before anything is computed. It also makes
+every form show what its stage will run: a validated PipelineParams holds, in each field, the value
+the composed config has there, and its JSON (the form's defaults, pipeline.json) says so.
 
-The overrides of a stage are, in order (later wins): `model=<model>`, PIPELINE_DEFAULTS (training
-data, held-out domains, no leftover training state), the smoke budget (flows/smoke_budget.py) when
-`smoke` is set, `common` (its changed fields, then its `overrides`), the stage's own (same), then
-tracking settings. Only fields that differ from the recipe become overrides (flows/sections.py),
-so the smoke budget applies to whatever a form leaves at the recipe's value. `eval` is applied to
-the configuration that defines the held-out rows (data, training.seq_len, training.batch_size).
+A stage's overrides are, in order (later wins): its context (flows/sections.py: `model=<model>`,
+PIPELINE_DEFAULTS, and the smoke budget (flows/smoke_budget.py) when `smoke` is set), the given
+form fields of `common` and of the stage that differ from that context, `common.overrides`, the
+stage's `overrides`, then the tracking settings. So a field a form submits is the value that runs,
+and a field not given (Python, the CLI, a partial `--params`) takes the context's.
+
+`smoke` is a preset for Python and the CLI (`smoke=true`), not a form field: a form submits every
+field, so a switch there could only contradict the values shown. The `full-pipeline/smoke`
+deployment's form is SmokePipelineParams, whose defaults are the smoke budget's values.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from flows.sections import PIPELINE_DEFAULTS, StageSections, context_config, context_items
 from flows.smoke_budget import smoke_budget
 from flows.stage_params import CommonParams, ConvertParams, DistillParams, EvalParams, ExportParams, LrcParams, TrainParams
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, compose_stage
-from wrinklefree_core.config import compose
+from wrinklefree_core.config import RunConfig, compose
 
-# The pipeline trains on one domain and scores two others it never saw (configs/data/heldout_eval.yaml):
-# a recipe that only fits its training text cannot look good in the table. Applied right after
-# `model=`, so the smoke budget, `common` and each stage's form can still change them.
-# A stage's output is content-addressed and never continued, so its resumable state is deleted once
-# the output is written (a failed stage keeps it, and its rerun resumes).
-PIPELINE_DEFAULTS = {"stages": ["data=python_docs", "training.keep_state=false"], "eval": ["data=heldout_eval"]}
+__all__ = ["PIPELINE_DEFAULTS", "FORMS", "PipelineParams", "SmokePipelineParams", "smoke_params"]
 
 # The typed sub-forms of PipelineParams (every other field is a plain setting).
 FORMS = ("common", *STAGES, "eval")
+# A placeholder input lets the checkpoint-reading stages compose at validation; the real one comes at run time.
+UPSTREAM_PLACEHOLDER = "upstream"
 
 
 class PipelineParams(BaseModel):
-    """What one full-pipeline run does: the model, the budget, and each stage's typed config sections."""
+    """What one full-pipeline run does: the model, each stage's typed config sections, where results go."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("smollm2_135m", description="Source model: a configs/model option (tiny_llama, smollm2_135m, ...) or an HF folder.")
-    smoke: bool = Field(False, description="Small budget from configs/pipeline/smoke.yaml: seconds on tiny models, ~15 min on SmolLM2-135M.")
-    common: CommonParams = Field(CommonParams(), description="Settings of every stage and the evaluation (data, compute, gcs, teacher).")
-    convert: ConvertParams = Field(ConvertParams(), description="The convert stage: model settings, BitNet conversion.")
-    train: TrainParams = Field(TrainParams(), description="The train stage (training=unified).")
-    lrc: LrcParams = Field(LrcParams(), description="The lrc stage (training=lrc_calibration).")
-    distill: DistillParams = Field(DistillParams(), description="The distill stage (training=bitdistill_full).")
-    export: ExportParams = Field(ExportParams(), description="The export stage (e.g. export.ternary_type=tq1_0).")
-    eval: EvalParams = Field(EvalParams(), description="The held-out rows of the eval table (data, row length).")
+    model: str = Field(
+        "smollm2_135m",
+        description="Source model: a configs/model option (tiny_llama, smollm2_135m, ...) or an HF folder. The fields below keep the values shown when it changes.",
+    )
+    smoke: SkipJsonSchema[bool] = Field(
+        False, exclude=True, description="Fields not given start from the small budget of configs/pipeline/smoke.yaml (Python, CLI)."
+    )
+    common: CommonParams = Field(CommonParams(), title="common: every stage and the evaluation", description="GCS client settings, teacher, overrides of every stage.")
+    convert: ConvertParams = Field(ConvertParams(), title="1 · convert", description="HF model -> BitNet checkpoint.")
+    train: TrainParams = Field(TrainParams(), title="2 · train", description="Unified training (training=unified).")
+    lrc: LrcParams = Field(LrcParams(), title="3 · lrc", description="LRC calibration (training=lrc_calibration).")
+    distill: DistillParams = Field(DistillParams(), title="4 · distill", description="BitDistill (training=bitdistill_full).")
+    export: ExportParams = Field(ExportParams(), title="5 · export", description="Checkpoint -> GGUF verified in llama.cpp.")
+    eval: EvalParams = Field(EvalParams(), title="eval: the held-out table", description="The held-out rows every artifact is scored on.")
     eval_max_sequences: int | None = Field(64, gt=0, description="Held-out rows per source scored for the table (null = all).")
-    out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (<out_root>/<stage>/<key>); a folder or gs://bucket/prefix.")
+    out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (out_root/stage/key); a folder or gs://bucket/prefix.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite store in the WrinkleFree cache folder.")
     experiment: str = Field("wrinklefree", description="MLflow experiment of the pipeline run and its stage runs.")
     refresh: bool = Field(False, description="Recompute every stage even when a cached result matches.")
 
+    def _extra(self, stage: str) -> tuple[str, ...]:
+        return tuple(smoke_budget(self.model).for_stage(stage)) if self.smoke else ()
+
+    def context(self, stage: str) -> RunConfig:
+        """What `stage` (a pipeline stage or "eval") composes to before any form field: its defaults for this run."""
+        return context_config(stage, self.model, self._extra(stage))
+
+    def form_items(self, stage: str) -> list[str]:
+        """The overrides the given fields of `common` and of `stage`'s form amount to (raw overrides not included)."""
+        context = self.context(stage)
+        form: StageSections = getattr(self, stage)
+        return self.common.items(context) + form.items(context)
+
     def overrides_for(self, stage: str) -> list[str]:
         """The override list of `stage` (a pipeline stage or "eval"), in the order the module docstring gives."""
-        items = [f"model={self.model}"]
-        items += PIPELINE_DEFAULTS.get(stage, PIPELINE_DEFAULTS["stages"])
-        if self.smoke:
-            items += smoke_budget(self.model).for_stage(stage)
-        items += self.common.items() + getattr(self, stage).items()
+        items = context_items(stage, self.model, self._extra(stage))
+        items += self.form_items(stage)
+        items += self.common.overrides + getattr(self, stage).overrides
         items.append(f"tracking.experiment={self.experiment}")
         if self.tracking_uri:
             items.append(f"tracking.mlflow_uri={self.tracking_uri}")
@@ -73,29 +93,74 @@ class PipelineParams(BaseModel):
     def mlflow_params(self) -> dict[str, str]:
         """The pipeline run's MLflow params: the scalar settings and, per section, the overrides it amounts to.
 
-        Only what differs from the recipes: every stage run logs its full resolved config anyway.
+        Only what differs from the context: every stage run logs its full resolved config anyway.
         """
         flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump(mode="json", exclude=set(FORMS)).items()}
-        flat.update({f"{name}.changes": " ".join(getattr(self, name).items()) for name in FORMS})
+        flat["smoke"] = json.dumps(self.smoke)
+        for name in FORMS:
+            stage = "train" if name == "common" else name
+            items = self.common.items(self.context(stage)) + self.common.overrides if name == "common" else None
+            if items is None:
+                form: StageSections = getattr(self, name)
+                items = form.items(self.context(name)) + form.overrides
+            flat[f"{name}.changes"] = " ".join(items)
         return flat
 
     @property
     def eval_rows(self) -> int | None:
-        """Rows per source the evaluation scores (the smoke budget caps it)."""
-        if self.smoke:
-            rows = smoke_budget(self.model).eval_rows
-            return min(self.eval_max_sequences or rows, rows)
+        """Rows per source the evaluation scores (a smoke run's budget unless given)."""
+        if self.smoke and "eval_max_sequences" not in self.model_fields_set:
+            return smoke_budget(self.model).eval_rows
         return self.eval_max_sequences
 
     @model_validator(mode="after")
-    def _stages_compose(self) -> "PipelineParams":
-        # A placeholder upstream lets the checkpoint-reading stages compose; the real one comes at run time.
-        for stage in STAGES:
-            compose_stage(stage, self.overrides_for(stage), None if stage == "convert" else "upstream")
-        compose("eval", self.overrides_for("eval"))
+    def _compose_and_show(self) -> "PipelineParams":
+        # Composing every stage now refuses a bad run before anything runs; the composed configs
+        # then fill each form with what will run (fields given stay marked as given).
+        composed = {stage: compose_stage(stage, self.overrides_for(stage), None if stage == "convert" else UPSTREAM_PLACEHOLDER) for stage in STAGES}
+        composed["eval"] = compose("eval", self.overrides_for("eval"))
+        shown: dict[str, Any] = {name: getattr(self, name).showing(composed[name]) for name in (*STAGES, "eval")}
+        shown["common"] = self.common.showing(composed["train"])
+        shown["eval_max_sequences"] = self.eval_rows
+        # Plain assignment would mark each field as given; what was given must stay as it was.
+        self.__dict__.update(shown)
         return self
+
+
+_SMOKE = None  # the smoke preset's values, set below once PipelineParams can compose them
+
+
+def _smoke_field(name: str, default: Any | None = None) -> Any:
+    """A PipelineParams field with the smoke preset's value as its default (same title and description)."""
+    field = PipelineParams.model_fields[name]
+    value = getattr(_SMOKE, name) if default is None else default
+    return Field(value, title=field.title, description=field.description, exclude=field.exclude)
+
+
+_SMOKE = PipelineParams(model="tiny_llama", smoke=True, out_root="outputs/smoke")
+
+
+class SmokePipelineParams(PipelineParams):
+    """The smoke preset as a form: tiny_llama with the smoke budget, every field's default the value that runs."""
+
+    model: str = _smoke_field("model")
+    smoke: SkipJsonSchema[bool] = _smoke_field("smoke", True)
+    common: CommonParams = _smoke_field("common")
+    convert: ConvertParams = _smoke_field("convert")
+    train: TrainParams = _smoke_field("train")
+    lrc: LrcParams = _smoke_field("lrc")
+    distill: DistillParams = _smoke_field("distill")
+    export: ExportParams = _smoke_field("export")
+    eval: EvalParams = _smoke_field("eval")
+    eval_max_sequences: int | None = _smoke_field("eval_max_sequences")
+    out_root: str = _smoke_field("out_root")
 
 
 def smoke_params(**changes) -> PipelineParams:
     """The smoke pipeline on tiny_llama (what the smoke deployment and the nightly run use)."""
     return PipelineParams(**{"model": "tiny_llama", "smoke": True, **changes})
+
+
+def describe(params: BaseModel) -> dict[str, Any]:
+    """The JSON a run records (pipeline.json): every field as it runs, and the smoke switch."""
+    return {**params.model_dump(mode="json"), "smoke": bool(getattr(params, "smoke", False))}

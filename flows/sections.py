@@ -1,4 +1,4 @@
-"""Config sections as flow parameters: typed forms whose defaults are the stage's recipe.
+"""Config sections as flow parameters: typed forms that show, and run, the values a stage will use.
 
 The Prefect UI builds a run form from a flow's parameter schema. Typing a parameter with one of
 our pydantic config sections (TrainingConfig, DataConfig, ...) gives a form of validated fields;
@@ -6,14 +6,17 @@ a section value travels on to the stage as `wrinklefree` overrides (`training.op
 the language the stage task, its cache key and a SkyPilot job already speak.
 
 Design choices:
-- Defaults are what the stage's recipe composes to (`compose("train", ["training=unified"]).training`),
-  not the bare pydantic defaults, so an untouched form runs the recipe.
-- A section value is a patch on that recipe: a dict (a JSON form, a deployment's parameters) is
-  merged into the recipe's values, a model instance contributes the fields it was given. So
-  `{"max_steps": 2}` means "the recipe with 2 steps", never "pydantic's defaults with 2 steps".
-- Only fields that differ from the recipe become overrides. Fields left at the recipe's value
-  therefore still take the smoke budget, `common` and the escape-hatch `overrides` applied around
-  them, exactly as the override lists of earlier versions did.
+- A form shows what will run. Defaults are the stage's *pipeline context*: its recipe plus
+  PIPELINE_DEFAULTS (the training data, no leftover training state), i.e. what an untouched
+  pipeline run composes to (`context_config("train")`), not the recipe file alone and not the bare
+  pydantic defaults. A pipeline preset (the smoke budget) fills its forms with its own context.
+- Every field given is what runs; a field not given takes the context. The Prefect UI submits every
+  field of a form, so there the values shown are the values run. A partial section (`--params`,
+  Python, a deployment's parameters) is a patch: `{"max_steps": 2}` is the context with 2 steps.
+  Which fields were given is pydantic's `model_fields_set`, kept per nested section; a default
+  section has none given.
+- Only given fields that differ from the context become overrides, so an untouched form and a
+  pipeline run with the same settings have the same cache key.
 - Lists and dict-valued fields are replaced whole (a curriculum's phases, data sources); sections
   are compared field by field.
 """
@@ -24,18 +27,41 @@ import functools
 from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator
 
-from tasks.stage_plan import COMMAND, stage_items
+from tasks.stage_plan import COMMAND, STAGES, stage_items
 from wrinklefree_core.config import RunConfig, compose
+
+DEFAULT_MODEL = "smollm2_135m"
+# The pipeline trains on one domain and scores two others it never saw (configs/data/heldout_eval.yaml):
+# a recipe that only fits its training text cannot look good in the table. A stage's output is
+# content-addressed and never continued, so its resumable state is deleted once the output is
+# written (a failed stage keeps it, and its rerun resumes).
+PIPELINE_DEFAULTS = {"stages": ["data=python_docs", "training.keep_state=false"], "eval": ["data=heldout_eval"]}
+
+
+def context_items(stage: str, model: str = DEFAULT_MODEL, extra: tuple[str, ...] = ()) -> list[str]:
+    """The overrides every field of `stage`'s forms defaults to: the model, PIPELINE_DEFAULTS, then `extra`."""
+    return [f"model={model}", *PIPELINE_DEFAULTS["eval" if stage == "eval" else "stages"], *extra]
 
 
 @functools.cache
-def recipe_config(stage: str) -> RunConfig:
-    """What a stage composes to with no overrides (the recipe, the default model and data; no input)."""
+def context_config(stage: str, model: str = DEFAULT_MODEL, extra: tuple[str, ...] = ()) -> RunConfig:
+    """What `stage` (a pipeline stage or "eval") composes to from its context alone (no input, no form)."""
+    items = context_items(stage, model, extra)
     if stage == "eval":
-        return compose("eval", [])
-    return compose(COMMAND[stage], stage_items(stage, []))
+        return compose("eval", items)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage '{stage}'")
+    return compose(COMMAND[stage], stage_items(stage, items))
+
+
+def config_value(cfg: RunConfig, path: str) -> Any:
+    """The value at a dotted path of a RunConfig (`training.seq_len`)."""
+    value: Any = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -45,24 +71,61 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def patch_onto(base: BaseModel, value: Any) -> Any:
-    """`value` (dict or model instance) applied on top of `base`, as a dict for pydantic to validate."""
+def mark_given(value: Any, given: dict[str, Any] | None) -> Any:
+    """Set `model_fields_set` of `value` and its nested sections to the keys of `given` (None: none given)."""
+    if not isinstance(value, BaseModel):
+        return value
+    given = given or {}
+    names = [name for name in type(value).model_fields if name in given]
+    object.__setattr__(value, "__pydantic_fields_set__", set(names))
+    for name, field_value in value:
+        if isinstance(field_value, BaseModel):
+            patch = given.get(name)
+            if isinstance(patch, BaseModel):
+                patch = given_fields(patch)
+            mark_given(field_value, patch if isinstance(patch, dict) else None)
+    return value
+
+
+def given_fields(value: BaseModel) -> dict[str, Any]:
+    """The inverse of mark_given: the tree of given field names (a leaf is True)."""
+    tree: dict[str, Any] = {}
+    for name in type(value).model_fields:
+        if name in value.model_fields_set:
+            field_value = getattr(value, name)
+            tree[name] = given_fields(field_value) if isinstance(field_value, BaseModel) else True
+    return tree
+
+
+def with_values(value: BaseModel, values: BaseModel) -> BaseModel:
+    """`values` (a section of the same type) carrying the given-field marks of `value`."""
+    return mark_given(values.model_copy(deep=True), given_fields(value))
+
+
+def _validate_patch(base: BaseModel, value: Any, handler) -> Any:
     if isinstance(value, BaseModel):
-        value = value.model_dump(exclude_unset=True)
+        return handler(value)  # an instance keeps the fields it was given (its model_fields_set)
     if not isinstance(value, dict):
-        return value  # pydantic reports the wrong type
-    return _merge(base.model_dump(), value)
+        return handler(value)  # pydantic reports the wrong type
+    # Validated complete (the context's values under the patch) so a section's own checks see
+    # a whole section; then only the patch's keys count as given.
+    return mark_given(handler(_merge(base.model_dump(), value)), value)
 
 
-def section(stage: str, name: str, description: str = "") -> Any:
-    """Annotated type of RunConfig section `name` as a patch on `stage`'s recipe, defaulting to the recipe."""
-    base = getattr(recipe_config(stage), name)
-    return Annotated[type(base), BeforeValidator(functools.partial(patch_onto, base)), Field(default=base, description=description)]
+def section(stage: str, name: str, title: str, description: str = "") -> Any:
+    """Annotated type of RunConfig section `name` in `stage`'s forms, defaulting to its pipeline context."""
+    base = config_value(context_config(stage), name)
+    default = mark_given(base.model_copy(deep=True), None)
+    return Annotated[
+        type(base),
+        WrapValidator(functools.partial(_validate_patch, base)),
+        Field(default=default, title=title, description=description),
+    ]
 
 
-def recipe_value(stage: str, name: str) -> Any:
-    """A RunConfig field's value in `stage`'s recipe (the default a flow signature needs)."""
-    return getattr(recipe_config(stage), name)
+def context_value(stage: str, name: str) -> Any:
+    """A section's default in `stage`'s forms (what a flow signature needs), with no field given."""
+    return mark_given(config_value(context_config(stage), name).model_copy(deep=True), None)
 
 
 def render(value: Any) -> str:
@@ -75,32 +138,34 @@ def render(value: Any) -> str:
     return text
 
 
-def changed_items(key: str, value: Any, base: Any) -> list[str]:
-    """`key=value` overrides for every field of `value` that differs from `base`, sections field by field."""
-    if isinstance(value, BaseModel) and type(value) is type(base):
-        items: list[str] = []
-        for name in type(value).model_fields:
-            items += changed_items(f"{key}.{name}", getattr(value, name), getattr(base, name))
-        return items
-    dump = [v.model_dump(mode="json") if isinstance(v, BaseModel) else _jsonable(v) for v in (value, base)]
-    return [] if dump[0] == dump[1] else [f"{key}={render(dump[0])}"]
-
-
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else _jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
 
 
-class StageSections(BaseModel):
-    """Typed settings of one stage: RunConfig sections (patches on the recipe) plus raw overrides.
+def changed_items(key: str, value: Any, context: Any) -> list[str]:
+    """`key=value` overrides for every given field of `value` that differs from `context`, sections field by field."""
+    if isinstance(value, BaseModel) and type(value) is type(context):
+        items: list[str] = []
+        for name in type(value).model_fields:
+            if name in value.model_fields_set:
+                items += changed_items(f"{key}.{name}", getattr(value, name), getattr(context, name))
+        return items
+    new, old = _jsonable(value), _jsonable(context)
+    return [] if new == old else [f"{key}={render(new)}"]
 
-    Subclasses declare fields named like RunConfig's (or mapped through PATHS); `items()` turns
-    what differs from each field's default into overrides, then appends `overrides`.
+
+class StageSections(BaseModel):
+    """Typed settings of one stage: RunConfig sections (given fields over the context) plus raw overrides.
+
+    Subclasses declare fields named like RunConfig's (or mapped through PATHS: form field -> dotted
+    RunConfig path); `items(context)` turns the given fields that differ from `context` into
+    overrides. `overrides` are applied after every form field (flows/params.py).
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -108,13 +173,29 @@ class StageSections(BaseModel):
 
     overrides: list[str] = Field(
         default_factory=list,
-        description="Extra `wrinklefree` overrides applied after the fields above, e.g. `training=stage2_pretrain` or `data=python_docs`.",
+        description="Extra `wrinklefree` overrides, applied after every field of the form, e.g. `training=stage2_pretrain` or `data=python_docs`.",
     )
 
-    def items(self) -> list[str]:
-        """The overrides this form amounts to: changed fields first, then `overrides` (later wins)."""
+    @classmethod
+    def form_fields(cls) -> dict[str, str]:
+        """Form field -> the dotted RunConfig path it stands for (every field but `overrides`)."""
+        return {name: cls.PATHS.get(name, name) for name in cls.model_fields if name != "overrides"}
+
+    def items(self, context: RunConfig) -> list[str]:
+        """The overrides the form's given fields amount to on top of `context` (`overrides` not included)."""
         items: list[str] = []
-        for name, field in type(self).model_fields.items():
-            if name != "overrides":
-                items += changed_items(self.PATHS.get(name, name), getattr(self, name), field.default)
-        return items + list(self.overrides)
+        for name, path in self.form_fields().items():
+            if name in self.model_fields_set:
+                items += changed_items(path, getattr(self, name), config_value(context, path))
+        return items
+
+    def showing(self, cfg: RunConfig) -> "StageSections":
+        """A copy whose fields show `cfg`'s values (what runs), with the same fields marked as given."""
+        update = {}
+        for name, path in self.form_fields().items():
+            value = config_value(cfg, path)
+            current = getattr(self, name)
+            update[name] = with_values(current, value) if isinstance(current, BaseModel) else value
+        shown = self.model_copy(update=update)
+        object.__setattr__(shown, "__pydantic_fields_set__", set(self.model_fields_set))
+        return shown

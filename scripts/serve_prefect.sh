@@ -16,7 +16,10 @@
 #
 # Design choices: each long-running process gets its own session (setsid), so `stop` ends it and
 # the children it spawned (uvicorn, flow-run subprocesses) by that one recorded id; PIDs and logs
-# live in $PREFECT_HOME/wrinklefree-serve/. Analytics are off: nothing leaves the machine.
+# live in $PREFECT_HOME/wrinklefree-serve/. Analytics are off, and the default UI is Prefect's V1:
+# its pages make no request off the machine (a browser test checks), while the V2 UI fetches an
+# Amplitude config even with analytics off. The scheduler keeps one upcoming nightly run, not
+# Prefect's default three.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +28,8 @@ POOL="${WRINKLEFREE_POOL:-wrinklefree-local}"
 export PREFECT_HOME="${PREFECT_HOME:-$HOME/.prefect}"
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_UI_V2_ENABLED="${PREFECT_SERVER_UI_V2_ENABLED:-false}"
+export PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS="${PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS:-1}"
 STATE="$PREFECT_HOME/wrinklefree-serve"
 if [[ -n "${PREFECT_BIN:-}" ]]; then
   PREFECT="$PREFECT_BIN"

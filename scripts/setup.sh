@@ -14,11 +14,15 @@ VENV=.venv
 STAMP="$VENV/.wrinklefree-setup"
 want="$(cat requirements/lock.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 
-# The Python documentation corpus (data=python_docs, mixed_pretrain) is a Debian package.
-if [ ! -d /usr/share/doc/python3.11/html/_sources ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian python3.11-doc (text corpus)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc; } >/dev/null \
-        || echo "setup: could not install python3.11-doc; data=python_docs will be unavailable"
+# Debian packages: the Python documentation corpus (data=python_docs, mixed_pretrain), and the
+# Chromium that the Prefect UI's browser test drives (tests/flows/test_real_server.py).
+debs=()
+[ -d /usr/share/doc/python3.11/html/_sources ] || debs+=(python3.11-doc)
+[ -x /usr/bin/chromium ] || debs+=(chromium)
+if [ "${#debs[@]}" -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian ${debs[*]}"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}"; } >/dev/null \
+        || echo "setup: could not install ${debs[*]}; data=python_docs or the browser test will be unavailable"
 fi
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import wrinklefree_core" 2>/dev/null; then

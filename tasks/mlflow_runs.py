@@ -82,15 +82,20 @@ def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], step: int
 
 
 def start_run(
-    configured: str | None, experiment: str, name: str, tags: dict[str, str], parent_run_id: str | None = None
+    configured: str | None,
+    experiment: str,
+    name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+    start_ms: int | None = None,
 ) -> tuple[str, str]:
-    """Create a running MLflow run; returns (run_id, experiment_id)."""
+    """Create a running MLflow run, started at `start_ms` (epoch ms; None = now); returns (run_id, experiment_id)."""
     c = client(configured)
     exp_id = experiment_id(c, experiment, configured)
     tags = {"mlflow.runName": name, **tags}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    run = c.create_run(exp_id, run_name=name, tags=tags)
+    run = c.create_run(exp_id, start_time=start_ms, run_name=name, tags=tags)
     return run.info.run_id, exp_id
 
 

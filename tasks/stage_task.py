@@ -76,7 +76,8 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
     if own:
         tags = {"stage": plan.stage, "model": cfg.model.name, "out": plan.out_uri}
         name = f"{plan.stage}-{cfg.model.name}"
-        run_id, exp_id = mlflow_runs.start_run(tracking, cfg.tracking.experiment, name, tags, parent_run_id)
+        # Opened after the work, but dated from its start: the UI's duration is the stage's.
+        run_id, exp_id = mlflow_runs.start_run(tracking, cfg.tracking.experiment, name, tags, parent_run_id, started_ms)
         mlflow_runs.log_params(client, run_id, mlflow_runs.flatten(cfg.model_dump(mode="json")))
         mlflow_runs.log_metrics(client, run_id, run.metrics)
     tags = {

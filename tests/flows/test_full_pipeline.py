@@ -103,6 +103,9 @@ def test_stage_runs_nest_under_pipeline_run(smoke_run):
         run_id = smoke_run["stages"][stage]["mlflow_run_id"]
         assert "loss_curve.png" in artifact_names(run_id), stage
         assert client().get_run(run_id).data.params["training.max_steps"] == "3"
+    for stage in ("convert", "export"):  # runs opened after the work still span it
+        info = client().get_run(smoke_run["stages"][stage]["mlflow_run_id"]).info
+        assert (info.end_time - info.start_time) / 1000 >= 0.9 * smoke_run["stages"][stage]["seconds"] - 0.5, stage
     export_run = smoke_run["stages"]["export"]["mlflow_run_id"]
     assert "verification.json" in artifact_names(export_run)
     assert {"tiny_llama.gguf", "tiny_llama.lora.gguf"} <= artifact_names(export_run, "gguf")

@@ -72,7 +72,7 @@ class CurriculumPhase(Section):
 
     until: float = Field(1.0, gt=0, le=1, description="End of this phase as a fraction of max_steps (phases in increasing order).")
     weights: dict[str, float] = Field(
-        default_factory=dict, description="Objective name -> weight; objectives left out keep objectives.<name>.weight."
+        default_factory=dict, description="Objective name -> weight; objectives left out keep objectives.NAME.weight."
     )
 
     @field_validator("weights")
@@ -156,7 +156,7 @@ class InfluenceConfig(Section):
         description="Weights whose per-example gradients are scored; tied embeddings are one tensor (gradients summed).",
     )
     damping: float = Field(0.1, gt=0, description="DataInf damping: lambda_l = damping * mean squared gradient norm / weights in layer l.")
-    step_size: float = Field(1.0, ge=0, description="eta of the update w <- w * exp(eta * s / max|s|) (s = source scores).")
+    step_size: float = Field(1.0, ge=0, description="eta of the update w := w * exp(eta * s / max|s|) (s = source scores).")
     min_weight: float = Field(0.05, ge=0, lt=1, description="Lower clamp of every source weight after the update.")
     max_weight: float = Field(0.9, gt=0, le=1, description="Upper clamp of every source weight after the update.")
     smoothing: float = Field(0.5, ge=0, lt=1, description="EMA factor beta: new = beta * previous + (1 - beta) * updated weights.")

@@ -33,6 +33,7 @@ from flows.smoke_budget import smoke_budget
 from flows.stage_params import CommonParams, ConvertParams, DistillParams, EvalParams, ExportParams, LrcParams, TrainParams
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, compose_stage
 from wrinklefree_core.config import RunConfig, compose
+from wrinklefree_core.config.redact import redact
 
 __all__ = ["PIPELINE_DEFAULTS", "FORMS", "PipelineParams", "SmokePipelineParams", "smoke_params"]
 
@@ -163,4 +164,4 @@ def smoke_params(**changes) -> PipelineParams:
 
 def describe(params: BaseModel) -> dict[str, Any]:
     """The JSON a run records (pipeline.json): every field as it runs, and the smoke switch."""
-    return {**params.model_dump(mode="json"), "smoke": bool(getattr(params, "smoke", False))}
+    return redact({**params.model_dump(mode="json"), "smoke": bool(getattr(params, "smoke", False))})

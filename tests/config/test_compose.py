@@ -101,3 +101,9 @@ def test_data_accepts_a_local_text_file_or_folder(tmp_path):
     assert cfg.data.sources[0].path == str(tmp_path) and cfg.data.val_fraction == 0.2
     with pytest.raises(ConfigError, match="or a path to a local text file or folder"):
         compose("train", [f"data={tmp_path / 'missing.txt'}"])
+
+
+@pytest.mark.parametrize("item", ["training.optimizer.lr=inf", "training.grad_clip=nan", "training.optimizer.weight_decay=-inf", "export.verify_max_rel_error=.inf"])
+def test_inf_and_nan_settings_are_refused_where_typed(item: str):
+    with pytest.raises(ConfigError, match="finite number"):
+        compose("train" if item.startswith("training") else "export", ["model=tiny_llama", item])

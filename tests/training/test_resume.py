@@ -51,7 +51,7 @@ def assert_loadable(state: RunState) -> int:
     """The published checkpoint is complete: model folder, trainer state and run.json all load."""
     assert state.has_checkpoint()
     load_bitnet_checkpoint(state.last / MODEL_DIR)
-    trainer_state = torch.load(state.last / TRAINER_STATE, weights_only=False, map_location="cpu")
+    trainer_state = torch.load(state.last / TRAINER_STATE, weights_only=True, map_location="cpu")
     assert "state_dict" not in trainer_state, "weights belong in the model folder, not in trainer_state.pt"
     assert trainer_state["optimizer_states"] and trainer_state["lr_schedulers"]
     meta = state.read_meta()
@@ -132,3 +132,57 @@ def test_resume_never_starts_over(converted_dir: Path, reference: Path, tmp_path
     result = run_train(compose("train", [*overrides(converted_dir, out), "training.resume=never", "training.max_steps=2"]))
     assert result.metrics["step"] == 2 and result.metrics["tokens"] == 2 * 4 * 32
     assert RunState(out).read_meta()["step"] == 2
+
+
+class _Payload:
+    """What an attacker would put into a state file: unpickling it opens (creates) a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def copy_run(reference: Path, out: Path) -> RunState:
+    shutil.copytree(reference, out)
+    shutil.copytree(RunState(reference).root, RunState(out).root)
+    return RunState(out)
+
+
+def test_the_trainer_state_holds_only_tensors_and_plain_values(reference: Path):
+    path = RunState(reference).last / TRAINER_STATE
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
+
+
+def test_a_crafted_trainer_state_is_refused_before_anything_unpickles_it(converted_dir: Path, reference: Path, tmp_path: Path, capsys):
+    state = copy_run(reference, tmp_path / "out")
+    trainer_state = torch.load(state.last / TRAINER_STATE, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    trainer_state["wrinklefree"]["extra"] = _Payload(marker)
+    torch.save(trainer_state, state.last / TRAINER_STATE)
+    before = (state.last / TRAINER_STATE).read_bytes()
+    assert cli.main(["train", *overrides(converted_dir, tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pickled Python objects (io.open)" in err and "training.resume=never" in err, err
+    assert not marker.exists()
+    assert (state.last / TRAINER_STATE).read_bytes() == before  # nothing deleted or rewritten
+
+
+@pytest.mark.parametrize("damage", ["truncated trainer state", "truncated run.json", "run.json not a checkpoint's"])
+def test_a_damaged_state_file_is_a_clear_error(converted_dir: Path, reference: Path, tmp_path: Path, capsys, damage: str):
+    state = copy_run(reference, tmp_path / "out")
+    if damage == "truncated trainer state":
+        path = state.last / TRAINER_STATE
+        path.write_bytes(path.read_bytes()[:200])
+        expected = "is not a readable training state"
+    elif damage == "truncated run.json":
+        path = state.last / RUN_META
+        path.write_text(path.read_text()[:50])
+        expected = "is not readable"
+    else:
+        (state.last / RUN_META).write_text("[1, 2]")
+        expected = "is not a checkpoint's run.json"
+    assert cli.main(["train", *overrides(converted_dir, tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "training.resume=never" in err and "Traceback" not in err, err

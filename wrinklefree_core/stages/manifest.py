@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from wrinklefree_core.config.redact import redact
+
 MANIFEST_NAME = "stage.json"
 _VERSIONED = ("wrinklefree", "torch", "transformers", "safetensors", "tokenizers", "gguf", "pydantic", "triton")
 
@@ -59,12 +61,12 @@ def _git_commit() -> str | None:
 
 
 def build_manifest(stage: str, config: dict[str, Any], inputs: dict[str, str], metrics: dict[str, float]) -> StageManifest:
-    """A manifest stamped with the current time and library versions."""
+    """A manifest stamped with the current time and library versions (URIs' secrets masked: config/redact.py)."""
     return StageManifest(
         stage=stage,
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        config=config,
-        inputs=inputs,
+        config=redact(config),
+        inputs=redact(inputs),
         metrics={k: float(v) for k, v in metrics.items()},
         versions=library_versions(),
     )

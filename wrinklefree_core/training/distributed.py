@@ -161,9 +161,9 @@ def _fsdp2_strategy(world: int):
         def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            # Lightning 2.6 drops fit(weights_only=False) on this restore-after-setup path (it passes None);
-            # the only checkpoint loaded here is the run's own trainer state, which the runner loads with False.
-            weights_only = False if weights_only is None else weights_only
+            # Lightning 2.6 drops fit(weights_only=...) on this restore-after-setup path (it passes None);
+            # the trainer state holds tensors and plain values only (run_state.py), so never unpickle more.
+            weights_only = True if weights_only is None else weights_only
             checkpoint = torch.load(self.broadcast(checkpoint_path), map_location="cpu", weights_only=weights_only)
             checkpoint.pop("state_dict", None)  # weights come from the model folder (see module.py)
             names = {id(p): n for n, p in self.model.named_parameters()}

@@ -66,11 +66,17 @@ CHECKPOINT_KEY = "wrinklefree"
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Global RNG states of torch (CPU and every CUDA device), numpy and python."""
+    """Global RNG states of torch (CPU and every CUDA device), numpy and python, as tensors and plain values.
+
+    No numpy object goes into the trainer state: it is loaded with `weights_only=True`, which
+    unpickles only tensors and Python literals (anything else could run code, see run_state.py).
+    """
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "python": random.getstate(),
     }
 
@@ -80,7 +86,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    keys = numpy_state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((numpy_state["kind"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])
 
 

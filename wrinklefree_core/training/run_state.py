@@ -22,6 +22,10 @@ Design choices:
   deleted. A reader therefore only ever sees a complete `last`. A crash between the two renames
   leaves no `last` but a complete `.last.old-*`, which `recover()` renames back before a resume;
   temp folders of a killed writer are deleted by `recover()` too.
+- trainer_state.pt is loaded with `weights_only=True` (tensors and Python literals only): a pickle
+  can run code while it loads, and with a gs:// output `pull()` fetches this file from a bucket
+  that others may write to. `check_trainer_state` refuses, before anything is built, a file whose
+  pickle names any other global (and a damaged one), saying how to start over.
 - run.json is small and read before anything heavy is built, so a resume can check that the
   config still matches and reuse the inputs (teacher, source model) and the MLflow run.
 - With a gs:// output the state is mirrored to `gs://.../OUT.state/checkpoints/step-N/` (storage/
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
 from wrinklefree_core.storage.atomic import fsync_dir, fsync_tree
+from wrinklefree_core.training.errors import ResumeError
 
 if TYPE_CHECKING:
     from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
@@ -85,8 +90,15 @@ class RunState:
         )
 
     def read_meta(self) -> dict[str, Any]:
-        """run.json of the last checkpoint."""
-        return json.loads((self.last / RUN_META).read_text(encoding="utf-8"))
+        """run.json of the last checkpoint (ResumeError when it is not a readable JSON object)."""
+        path = self.last / RUN_META
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ResumeError(f"{path} is not readable ({exc}); {START_OVER}") from exc
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ResumeError(f"{path} is not a checkpoint's run.json (no `config`); {START_OVER}")
+        return meta
 
     def leftovers(self) -> list[Path]:
         """Temp or moved-aside checkpoint folders (only present after a crash, until recover())."""
@@ -181,6 +193,28 @@ class RunState:
             self.on_upload_error(exc)
             return
         log.info("uploaded the checkpoint of step %d to %s in %.1fs", step, uri, time.monotonic() - started)
+
+
+START_OVER = "pass training.resume=never to start over (deletes the resumable state), or choose another out="
+
+
+def check_trainer_state(path: Path) -> None:
+    """Refuse a trainer state that a `weights_only` load cannot read safely (see the module docstring)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise ResumeError(f"{path} is not a readable training state ({type(exc).__name__}: {exc}); {START_OVER}") from exc
+    if unsafe:
+        raise ResumeError(
+            f"{path} holds pickled Python objects ({', '.join(sorted(unsafe)[:5])}) that loading would have to build, "
+            f"which can run code; only tensors and plain values are read. It was written by an older version or by "
+            f"someone else: {START_OVER}"
+        )
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

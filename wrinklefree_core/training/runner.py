@@ -54,6 +54,7 @@ import torch
 
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.config.redact import redact
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.objectives import ObjectiveManager
 from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
@@ -70,7 +71,7 @@ from wrinklefree_core.training.inputs import (
     teacher_path,
     trainable_count,
 )
-from wrinklefree_core.training.run_state import MODEL_DIR, TRAINER_STATE, RunState
+from wrinklefree_core.training.run_state import MODEL_DIR, TRAINER_STATE, RunState, check_trainer_state
 
 VAL_STEPS = 16
 VAL_MAX_TOKENS = 1 << 17
@@ -136,7 +137,8 @@ def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, An
     if not state.has_checkpoint():
         return None
     meta = state.read_meta()
-    diff = config_differences(meta["config"], cfg.model_dump(mode="json"))
+    check_trainer_state(state.last / TRAINER_STATE)
+    diff = config_differences(meta["config"], redact(cfg.model_dump(mode="json")))
     if diff:
         shown = ", ".join(f"{k} (checkpoint: {_flatten(meta['config']).get(k)!r})" for k in diff[:8])
         raise ResumeError(
@@ -272,7 +274,7 @@ def run_train(cfg: RunConfig) -> StageResult:
 
     # Tracking and callbacks.
     stage = stage_name(cfg)
-    config = cfg.model_dump(mode="json")
+    config = redact(cfg.model_dump(mode="json"))  # run.json, MLflow params, stage.json: no URI secrets
     trainable, total = trainable_count(student.model)
     run_id = _known_run(cfg, resume.get("mlflow_run_id")) if resume is not None else None
     logger = build_logger(
@@ -323,7 +325,7 @@ def run_train(cfg: RunConfig) -> StageResult:
     ckpt_path = str(state.last / TRAINER_STATE) if resume is not None else None
     fit_started = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # run_state.py: no code from state files
     finally:
         qk_clip = getattr(trainer.optimizers[0], "qk_clip", None) if trainer.optimizers else None
         if qk_clip is not None:

@@ -28,7 +28,7 @@ from wrinklefree_core.stages.manifest import MANIFEST_NAME
 
 # Bump when the meaning of a cached result changes without a package version bump.
 KEY_VERSION = 1
-_NOT_IN_KEY = ("out", "tracking")
+_NOT_IN_KEY = ("out", "tracking", "overwrite")
 
 
 def _package_version() -> str:

@@ -99,7 +99,7 @@ def test_data_accepts_a_local_text_file_or_folder(tmp_path):
     assert [(s.name, s.path, s.weight) for s in cfg.data.sources] == [("notes", str(notes), 1.0)]
     cfg = compose("train", [f"data={tmp_path}", "data.val_fraction=0.2"])
     assert cfg.data.sources[0].path == str(tmp_path) and cfg.data.val_fraction == 0.2
-    with pytest.raises(ConfigError, match="or a path to a local text file or folder"):
+    with pytest.raises(ConfigError, match="no such file or folder.*it should be a local text file or folder"):
         compose("train", [f"data={tmp_path / 'missing.txt'}"])
 
 
@@ -107,3 +107,15 @@ def test_data_accepts_a_local_text_file_or_folder(tmp_path):
 def test_inf_and_nan_settings_are_refused_where_typed(item: str):
     with pytest.raises(ConfigError, match="finite number"):
         compose("train" if item.startswith("training") else "export", ["model=tiny_llama", item])
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ""])
+def test_a_model_name_that_is_a_path_is_refused(name: str):
+    with pytest.raises(ConfigError, match="must be a plain name"):
+        compose("convert", ["model=tiny_llama", f"model.name={name}"])
+
+
+@pytest.mark.parametrize(("group", "value"), [("model", "/no/such/model"), ("model", "./missing"), ("data", "~/no-such-corpus.txt")])
+def test_a_missing_path_is_reported_as_a_missing_path(group: str, value: str):
+    with pytest.raises(ConfigError, match=rf"{group}=.*no such file or folder"):
+        compose("convert" if group == "model" else "train", ["model=tiny_llama", f"{group}={value}"])

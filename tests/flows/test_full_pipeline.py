@@ -106,6 +106,11 @@ def test_stage_runs_nest_under_pipeline_run(smoke_run):
     for stage in ("convert", "export"):  # runs opened after the work still span it
         info = client().get_run(smoke_run["stages"][stage]["mlflow_run_id"]).info
         assert (info.end_time - info.start_time) / 1000 >= 0.9 * smoke_run["stages"][stage]["seconds"] - 0.5, stage
+    for run_id in [parent_id, *(r["mlflow_run_id"] for r in smoke_run["stages"].values())]:
+        params = client().get_run(run_id).data.params
+        assert not [k for k, v in params.items() if v in ("", "null", "[]", "{}")], run_id  # nothing empty
+        if run_id != parent_id:
+            assert params["stage"] == client().get_run(run_id).data.tags["pipeline_stage"]
     export_run = smoke_run["stages"]["export"]["mlflow_run_id"]
     assert "verification.json" in artifact_names(export_run)
     assert {"tiny_llama.gguf", "tiny_llama.lora.gguf"} <= artifact_names(export_run, "gguf")

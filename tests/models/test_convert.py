@@ -330,3 +330,32 @@ def test_sliding_window_and_foreign_class_configs_are_refused():
         architecture_of(Qwen2Config(use_sliding_window=True, max_window_layers=0))
     with pytest.raises(UnsupportedArchitectureError, match="LlamaForSequenceClassification"):
         architecture_of(LlamaConfig(architectures=["LlamaForSequenceClassification"]))
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}])
+def test_rope_scaling_is_refused_at_convert_naming_it(rope):
+    config = LlamaConfig(rope_parameters={**rope, "rope_theta": 10000.0})
+    with pytest.raises(UnsupportedArchitectureError, match=f"RoPE scaling \\('{rope['rope_type']}'"):
+        architecture_of(config)
+    assert architecture_of(LlamaConfig()).hf_class == "LlamaForCausalLM"  # plain RoPE converts
+
+
+def test_a_rope_scaled_hf_folder_is_refused_by_the_convert_command_before_any_output(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from wrinklefree_core.config import compose
+    from wrinklefree_core.models.sources import materialize
+
+    source = tmp_path / "scaled"
+    shutil.copytree(materialize(compose("convert", ["model=tiny_llama"]).model), source)
+    config = json.loads((source / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    config.pop("rope_scaling", None)
+    (source / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "wrinklefree_core.cli", "convert", f"model={source}", f"out={out}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "RoPE scaling ('linear'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not out.exists()

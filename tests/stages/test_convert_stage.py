@@ -133,3 +133,22 @@ def test_converting_a_checkpoint_again_is_refused(converted_qwen2: Path, tmp_pat
     proc = wrinklefree("convert", f"model={converted_qwen2}", f"out={tmp_path / 'o'}")
     assert proc.returncode == 2
     assert "already a BitNet checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "unparsable config.json"])
+def test_a_damaged_hf_folder_is_one_clear_error_and_no_output(tmp_path, damage):
+    import shutil
+
+    source = tmp_path / "hf"
+    shutil.copytree(materialize(compose("convert", ["model=tiny_llama"]).model), source)
+    if damage == "truncated safetensors":
+        weights = source / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        (source / "config.json").write_text('{"model_type": "llama", ')
+    out = tmp_path / "out"
+    proc = wrinklefree("convert", f"model={source}", f"out={out}")
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot load the HF model in {source}" in errors[0] and "again" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()

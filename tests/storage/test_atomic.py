@@ -203,3 +203,32 @@ def test_unknown_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="first_wins"):
         with atomic_folder(tmp_path / "x", mode="overwrite"):
             pass
+
+
+def test_dead_writers_temp_files_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from wrinklefree_core.storage.atomic import STALE_AFTER_S, remove_dead_leftovers
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = time.time() - 2 * STALE_AFTER_S
+        files = {
+            "dead_gguf": tmp_path / f"m.gguf.tmp-{dead}",
+            "dead_staging": tmp_path / f".m.gguf.unverified-{dead}",
+            "live_staging": tmp_path / f".m.gguf.unverified-{live.pid}",
+            "fresh_dead": tmp_path / f".stage.json.tmp-{dead}",
+            "published": tmp_path / "m.gguf",
+        }
+        for name, path in files.items():
+            path.write_text(name)
+            if name != "fresh_dead":
+                os.utime(path, (old, old))
+        removed = remove_dead_leftovers(tmp_path)
+        assert sorted(p.name for p in removed) == sorted([files["dead_gguf"].name, files["dead_staging"].name])
+        assert all(files[k].exists() for k in ("live_staging", "fresh_dead", "published"))
+    finally:
+        live.kill()

@@ -186,3 +186,11 @@ def test_a_damaged_state_file_is_a_clear_error(converted_dir: Path, reference: P
     assert cli.main(["train", *overrides(converted_dir, tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert expected in err and "training.resume=never" in err and "Traceback" not in err, err
+
+
+def test_max_steps_below_the_checkpoint_is_refused(converted_dir: Path, reference: Path, capsys):
+    before = (reference / "stage.json").read_bytes()
+    assert cli.main(["train", *overrides(converted_dir, reference), "training.max_steps=10"]) == 2
+    err = capsys.readouterr().err
+    assert f"is at step {STEPS}, beyond training.max_steps=10" in err and f"training.max_steps={STEPS}" in err, err
+    assert (reference / "stage.json").read_bytes() == before

@@ -85,7 +85,11 @@ def _group_config(group: str, option: str) -> dict[str, Any]:
         return {"config_name": local.name, "sources": [{"name": local.stem or "local", "path": str(local), "weight": 1.0}]}
     options = group_options(group)
     hint = _suggest(option, options)
-    extra = {"model": " (or a path to a local HF model folder)", "data": " (or a path to a local text file or folder)"}.get(group, "")
+    wanted = {"model": "a local HF model folder", "data": "a local text file or folder"}.get(group)
+    if wanted and ("/" in option or "\\" in option or option.startswith(("~", "."))):
+        # Written as a path: the path is what is wrong, not the option name.
+        raise ConfigError(f"{group}={option}: no such file or folder ({Path(option).expanduser().resolve()}); it should be {wanted}")
+    extra = f" (or a path to {wanted})" if wanted else ""
     raise ConfigError(f"unknown option '{option}' for config group '{group}'{extra}; {hint}")
 
 

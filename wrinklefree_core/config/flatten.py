@@ -6,6 +6,10 @@ import json
 from typing import Any
 
 
+# Leaves that say nothing (unset optional fields, empty lists): left out of MLflow params.
+EMPTY_VALUES = frozenset({"", "null", "[]", "{}"})
+
+
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{"a.b.c": value-as-text} for every leaf of a nested dict (non-strings as JSON)."""
     flat: dict[str, str] = {}

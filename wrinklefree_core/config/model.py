@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from wrinklefree_core.config.base import Section
 
@@ -55,6 +55,14 @@ class ModelConfig(Section):
     mask_token: str | None = Field(
         None, description="Existing vocab token the DLM objective uses as mask when the tokenizer has no mask token."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_path_part(cls, name: str) -> str:
+        # The name becomes folder and file names (cache, default out=, <name>.gguf): never a path.
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+            raise ValueError(f"model.name {name!r} must be a plain name (it names folders and files), e.g. my_model")
+        return name
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelConfig":

@@ -49,4 +49,5 @@ class RunConfig(Section):
         "null = the source model named in the input checkpoint's stage.json.",
     )
     out: str | None = Field(None, description="Output artifact URI (local folder, file, or gs://bucket/prefix).")
+    overwrite: bool = Field(False, description="Replace a finished output at out= that another stage or config wrote (otherwise refused).")
     seed: int = Field(0, description="Global random seed.")

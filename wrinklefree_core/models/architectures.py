@@ -101,8 +101,8 @@ def architecture_of(config_or_model: Any) -> ArchitectureSpec:
     """Return the resolved registry entry for an HF config or causal-LM model.
 
     Raises UnsupportedArchitectureError (a ValueError) naming the architecture found, the supported
-    ones and what to do, for unknown model types, MoE variants, sliding-window attention, or a model
-    object that is not the `<Arch>ForCausalLM` class.
+    ones and what to do, for unknown model types, MoE variants, sliding-window attention, RoPE scaling
+    (not exported yet), or a model object that is not the `<Arch>ForCausalLM` class.
     """
     model = config_or_model if isinstance(config_or_model, nn.Module) else None
     config = getattr(config_or_model, "config", None) if model is not None else config_or_model
@@ -130,4 +130,8 @@ def architecture_of(config_or_model: Any) -> ArchitectureSpec:
         raise _refuse(found, f"it is a mixture-of-experts model ({', '.join(moe)} set)")
     if "sliding_attention" in (getattr(config, "layer_types", None) or []) or getattr(config, "use_sliding_window", False):
         raise _refuse(found, "sliding-window attention is enabled (use_sliding_window / layer_types)")
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        # The GGUF export writes plain RoPE only; refusing here costs nothing, at export a whole training budget.
+        raise _refuse(found, f"its RoPE scaling ({rope.get('rope_type')!r}, rope_parameters {rope}) is not carried to the GGUF export yet")
     return spec.resolve(config)

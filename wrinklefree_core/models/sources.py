@@ -173,9 +173,21 @@ def _random_folder(cfg: ModelConfig) -> Path:
 
 
 def load_hf_model(folder: Path, dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) from an HF folder with eager attention (deterministic numbers)."""
+    """Load (model, tokenizer) from an HF folder with eager attention (deterministic numbers).
+
+    A damaged folder (truncated safetensors, unparsable config.json, a missing tokenizer) is a
+    ModelSourceError naming the folder and the cause, not a library traceback.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, EOFError, SafetensorError) as exc:
+        cause = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(
+            f"cannot load the HF model in {folder}: {cause}. Is the folder complete (a partial copy or download)? "
+            "Copy or download it again."
+        ) from exc
     return model, tokenizer

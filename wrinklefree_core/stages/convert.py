@@ -26,6 +26,7 @@ from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, mat
 from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.stages.output_guard import check_output
 
 
 @dataclass
@@ -100,6 +101,8 @@ def run_convert(cfg: RunConfig) -> StageResult:
     """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out` (local folder or gs://)."""
     target = plan_output(cfg, default_out(cfg))
     out = target.local
+    if target.remote is None or target.mounted:
+        check_output("convert", cfg, out, {"source model": cfg.model.path if cfg.model.source == "hf" else None})
     if out.exists() and not (is_bitnet_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
         raise FileExistsError(
             f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out= or remove it."

@@ -22,6 +22,8 @@ from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.stages.artifact_io import local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.stages.output_guard import check_output
+from wrinklefree_core.storage.atomic import remove_dead_leftovers
 
 
 REPORT_NAME = "export_report.txt"  # every tensor's type, shape and bytes, beside the GGUF
@@ -48,6 +50,11 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     start = time.perf_counter()
     target = plan_output(cfg, default_out(cfg), is_file=cfg.export.format == "gguf")
     out = target.local
+    if target.remote is None or target.mounted:
+        check_output("export", cfg, out, {"input checkpoint": cfg.checkpoint}, is_file=cfg.export.format == "gguf")
+        if cfg.export.format == "gguf":
+            for leftover in remove_dead_leftovers(out.parent):
+                print(f"removed {leftover.name}, left by an export that crashed", flush=True)
     checkpoint = local_path(cfg.checkpoint, cfg.gcs)
     metrics: dict[str, float] = {}
     if cfg.export.format == "gguf":

@@ -98,6 +98,35 @@ def recover_folder(final: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_FILE_LEFTOVER = re.compile(r"\.?.+\.(tmp|unverified)-(\d+)")
+STALE_AFTER_S = 600  # a live writer on another machine (a bucket mount) has no pid here; its file is this fresh
+
+
+def remove_dead_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files (`NAME.tmp-PID`, `.NAME.unverified-PID`) that crashed writers left in `folder`.
+
+    Only files whose process is not running on this machine and that nobody touched for
+    STALE_AFTER_S; returns what was deleted.
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for path in folder.iterdir():
+        m = _FILE_LEFTOVER.fullmatch(path.name)
+        if m is None or not path.is_file():
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _pid_running(pid) or now - path.stat().st_mtime < STALE_AFTER_S:
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.rename(tmp, final)

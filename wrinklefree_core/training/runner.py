@@ -61,6 +61,7 @@ from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inp
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.storage.uri import is_remote
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.stages.output_guard import check_output
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
 from wrinklefree_core.training.inputs import (
@@ -71,7 +72,7 @@ from wrinklefree_core.training.inputs import (
     teacher_path,
     trainable_count,
 )
-from wrinklefree_core.training.run_state import MODEL_DIR, TRAINER_STATE, RunState, check_trainer_state
+from wrinklefree_core.training.run_state import MODEL_DIR, START_OVER, TRAINER_STATE, RunState, check_trainer_state
 
 VAL_STEPS = 16
 VAL_MAX_TOKENS = 1 << 17
@@ -79,6 +80,7 @@ VAL_MAX_TOKENS = 1 << 17
 _MAY_CHANGE = (
     "stage",
     "out",
+    "overwrite",
     "tracking",
     "compute",
     "export",
@@ -138,6 +140,12 @@ def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, An
         return None
     meta = state.read_meta()
     check_trainer_state(state.last / TRAINER_STATE)
+    if int(meta.get("step", 0)) > cfg.training.max_steps:
+        # Lightning would stop at once and the output would claim max_steps it never ran.
+        raise ResumeError(
+            f"{state.last} is at step {meta['step']}, beyond training.max_steps={cfg.training.max_steps}. Pass "
+            f"training.max_steps={meta['step']} or more to continue it, or {START_OVER}"
+        )
     diff = config_differences(meta["config"], redact(cfg.model_dump(mode="json")))
     if diff:
         shown = ", ".join(f"{k} (checkpoint: {_flatten(meta['config']).get(k)!r})" for k in diff[:8])
@@ -241,6 +249,10 @@ def run_train(cfg: RunConfig) -> StageResult:
     _quiet()
     settings = trainer_settings(cfg)
     state = RunState(out, _remote_state(target, cfg))
+    if target.remote is None or target.mounted:
+        # With resumable state the resume check below compares configs (and lets max_steps grow).
+        inputs = {"input checkpoint": cfg.checkpoint, "source model": cfg.model.path, "teacher": cfg.teacher}
+        check_output(stage_name(cfg), cfg, out, inputs, compare=not state.has_checkpoint())
     if is_zero and cfg.training.resume == "auto":
         pulled = state.pull()
         if pulled is not None:
@@ -284,7 +296,8 @@ def run_train(cfg: RunConfig) -> StageResult:
         run_id=run_id,
     )
     if run_id is None:
-        log_config(logger, config, {"resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
+        # `stage` is the design's name (lrc, distill), not the command (train) that RunConfig.stage holds.
+        log_config(logger, config, {"stage": stage, "resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
     throughput = Throughput(seq_len)
 
     def write_model(folder: Path) -> None:

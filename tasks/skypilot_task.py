@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.storage.mounts import MOUNTS_ENV
 
@@ -160,16 +161,6 @@ def check_artifacts_reachable(cfg: RunConfig, stage: str, overrides: Sequence[st
             )
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_overrides_match(cfg: RunConfig, stage: str, overrides: Sequence[str]) -> None:
     """The job composes its config from `overrides` alone; refuse a `cfg` that says something else.
 
@@ -181,8 +172,8 @@ def check_overrides_match(cfg: RunConfig, stage: str, overrides: Sequence[str]) 
     command, args = stage_command(stage, overrides)
     # The job appends compute.backend=local (and the strategy), and names the stage itself.
     ignored = {"stage", "compute.backend", "compute.strategy"}
-    want = _flatten(compose(command, args).model_dump(mode="json"))
-    have = _flatten(cfg.model_dump(mode="json"))
+    want = flatten_values(compose(command, args).model_dump(mode="json"))
+    have = flatten_values(cfg.model_dump(mode="json"))
     differ = sorted(k for k in want.keys() | have.keys() if k not in ignored and want.get(k) != have.get(k))
     if differ:
         shown = ", ".join(f"{k}: {have.get(k)!r} (overrides give {want.get(k)!r})" for k in differ[:5])

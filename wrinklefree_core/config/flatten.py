@@ -6,6 +6,17 @@ import json
 from typing import Any
 
 
+def flatten_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for every leaf of a nested dict (an empty dict is a leaf), values as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_values(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 # Leaves that say nothing (unset optional fields, empty lists): left out of MLflow params.
 EMPTY_VALUES = frozenset({"", "null", "[]", "{}"})
 

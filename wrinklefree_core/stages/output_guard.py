@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.redact import redact
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
@@ -48,19 +49,9 @@ class OutputExistsError(FileExistsError):
     """`out=` holds something this run must not replace (the message says how to go on)."""
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differing_keys(saved: dict[str, Any], current: dict[str, Any], ignored: tuple[str, ...] = IGNORED) -> list[str]:
     """Dotted keys whose values differ between two config dicts, leaving out `ignored` (and what is below them)."""
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_values(saved), flatten_values(current)
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     return [k for k in keys if not any(k == p or k.startswith(p + ".") for p in ignored)]
 

@@ -54,6 +54,7 @@ import torch
 
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.redact import redact
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.objectives import ObjectiveManager
@@ -61,7 +62,7 @@ from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inp
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.storage.uri import is_remote
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
-from wrinklefree_core.stages.output_guard import check_output
+from wrinklefree_core.stages.output_guard import check_output, differing_keys
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
 from wrinklefree_core.training.inputs import (
@@ -111,21 +112,9 @@ def default_out(cfg: RunConfig) -> Path:
 # ------------------------------------------------------------------------------------------ resume
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts, ignoring `_MAY_CHANGE`."""
-    a, b = _flatten(saved), _flatten(current)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return [k for k in keys if not any(k == p or k.startswith(p + ".") for p in _MAY_CHANGE)]
+    return differing_keys(saved, current, _MAY_CHANGE)
 
 
 def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, Any] | None:
@@ -148,7 +137,7 @@ def _resume_meta(cfg: RunConfig, state: RunState, is_zero: bool) -> dict[str, An
         )
     diff = config_differences(meta["config"], redact(cfg.model_dump(mode="json")))
     if diff:
-        shown = ", ".join(f"{k} (checkpoint: {_flatten(meta['config']).get(k)!r})" for k in diff[:8])
+        shown = ", ".join(f"{k} (checkpoint: {flatten_values(meta['config']).get(k)!r})" for k in diff[:8])
         raise ResumeError(
             f"{state.last} was written by a run with a different config: {shown}. Re-run with the same settings to "
             "continue it, pass training.resume=never to start over (deletes it), or choose another out="

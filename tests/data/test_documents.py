@@ -144,3 +144,18 @@ def test_fingerprint_follows_size_and_mtime(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert resolve_source(str(path)).fingerprint() != before
     assert documents_mod.READER_VERSION  # part of every fingerprint
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01binary\x00" * 100, bytes(range(128, 256)) * 40], ids=["NUL bytes", "not UTF-8"])
+def test_a_binary_file_named_txt_is_refused(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(DataSourceError, match="does not look like text"):
+        read_documents(str(path))
+
+
+def test_a_stray_byte_in_real_text_is_kept_as_a_replacement_character(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(("A line of ordinary text. " * 100).encode() + b"\xff" + b" and the rest.")
+    (document,) = read_documents(str(path))
+    assert "\ufffd" in document and document.endswith(" and the rest.")

@@ -155,8 +155,16 @@ def _non_empty(texts) -> Iterator[str]:
 
 
 def _read_text(path: Path) -> str:
-    # Corpora are mostly UTF-8; a stray byte should not stop a training run.
-    return path.read_text(encoding="utf-8", errors="replace")
+    # Corpora are mostly UTF-8; a stray byte should not stop a training run, but a binary file
+    # (NUL bytes, or more than 1% of it not UTF-8) named .txt is not text to train on.
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.count("\ufffd".encode())
+    has_nul = b"\x00" in data
+    if has_nul or bad > max(8, len(text) // 100):
+        why = "it has NUL bytes" if has_nul else f"{bad} of its bytes are not UTF-8"
+        raise DataSourceError(f"{path} does not look like text ({why}); remove it from the data source, or convert it to UTF-8 text")
+    return text
 
 
 def _folder_files(root: Path) -> Iterator[Path]:

@@ -28,14 +28,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from flows.sections import PIPELINE_DEFAULTS, StageSections, context_config, context_items
+from flows.sections import DEFAULT_MODEL, StageSections, context_config, context_items
 from flows.smoke_budget import smoke_budget
 from flows.stage_params import CommonParams, ConvertParams, DistillParams, EvalParams, ExportParams, LrcParams, TrainParams
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, compose_stage
 from wrinklefree_core.config import RunConfig, compose
 from wrinklefree_core.config.redact import redact
-
-__all__ = ["PIPELINE_DEFAULTS", "FORMS", "PipelineParams", "SmokePipelineParams", "smoke_params"]
 
 # The typed sub-forms of PipelineParams (every other field is a plain setting).
 FORMS = ("common", *STAGES, "eval")
@@ -49,7 +47,7 @@ class PipelineParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
-        "smollm2_135m",
+        DEFAULT_MODEL,
         description="Source model: a configs/model option (tiny_llama, smollm2_135m, ...) or an HF folder. The fields below keep the values shown when it changes.",
     )
     smoke: SkipJsonSchema[bool] = Field(
@@ -99,12 +97,9 @@ class PipelineParams(BaseModel):
         flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in self.model_dump(mode="json", exclude=set(FORMS)).items()}
         flat["smoke"] = json.dumps(self.smoke)
         for name in FORMS:
-            stage = "train" if name == "common" else name
-            items = self.common.items(self.context(stage)) + self.common.overrides if name == "common" else None
-            if items is None:
-                form: StageSections = getattr(self, name)
-                items = form.items(self.context(name)) + form.overrides
-            flat[f"{name}.changes"] = " ".join(items)
+            form: StageSections = getattr(self, name)
+            context = self.context("train" if name == "common" else name)  # common's fields are the same in every stage
+            flat[f"{name}.changes"] = " ".join(form.items(context) + form.overrides)
         return flat
 
     @property
@@ -128,24 +123,20 @@ class PipelineParams(BaseModel):
         return self
 
 
-_SMOKE = None  # the smoke preset's values, set below once PipelineParams can compose them
+_SMOKE = PipelineParams(model="tiny_llama", smoke=True, out_root="outputs/smoke")  # the preset, every field as it runs
 
 
-def _smoke_field(name: str, default: Any | None = None) -> Any:
+def _smoke_field(name: str) -> Any:
     """A PipelineParams field with the smoke preset's value as its default (same title and description)."""
     field = PipelineParams.model_fields[name]
-    value = getattr(_SMOKE, name) if default is None else default
-    return Field(value, title=field.title, description=field.description, exclude=field.exclude)
-
-
-_SMOKE = PipelineParams(model="tiny_llama", smoke=True, out_root="outputs/smoke")
+    return Field(getattr(_SMOKE, name), title=field.title, description=field.description, exclude=field.exclude)
 
 
 class SmokePipelineParams(PipelineParams):
     """The smoke preset as a form: tiny_llama with the smoke budget, every field's default the value that runs."""
 
     model: str = _smoke_field("model")
-    smoke: SkipJsonSchema[bool] = _smoke_field("smoke", True)
+    smoke: SkipJsonSchema[bool] = _smoke_field("smoke")
     common: CommonParams = _smoke_field("common")
     convert: ConvertParams = _smoke_field("convert")
     train: TrainParams = _smoke_field("train")
@@ -162,6 +153,6 @@ def smoke_params(**changes) -> PipelineParams:
     return PipelineParams(**{"model": "tiny_llama", "smoke": True, **changes})
 
 
-def describe(params: BaseModel) -> dict[str, Any]:
+def describe(params: PipelineParams) -> dict[str, Any]:
     """The JSON a run records (pipeline.json): every field as it runs, and the smoke switch."""
-    return redact({**params.model_dump(mode="json"), "smoke": bool(getattr(params, "smoke", False))})
+    return redact({**params.model_dump(mode="json"), "smoke": params.smoke})

@@ -115,11 +115,10 @@ def _validate_patch(base: BaseModel, value: Any, handler) -> Any:
 def section(stage: str, name: str, title: str, description: str = "") -> Any:
     """Annotated type of RunConfig section `name` in `stage`'s forms, defaulting to its pipeline context."""
     base = config_value(context_config(stage), name)
-    default = mark_given(base.model_copy(deep=True), None)
     return Annotated[
         type(base),
         WrapValidator(functools.partial(_validate_patch, base)),
-        Field(default=default, title=title, description=description),
+        Field(default=context_value(stage, name), title=title, description=description),
     ]
 
 

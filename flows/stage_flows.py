@@ -25,7 +25,7 @@ from typing import Any
 from prefect import flow
 
 from flows.params import PipelineParams
-from flows.sections import StageSections
+from flows.sections import DEFAULT_MODEL, StageSections
 from flows.sections import context_value as default_of
 from flows.stage_params import (
     ConvertBitNet,
@@ -99,7 +99,7 @@ def run_single_stage(
         upstream_uri = upstream_from_pipeline(stage, out_root)
         print(f"{stage}: upstream from the last pipeline run: {upstream_uri}")
     upstream_uri = upstream_uri or None
-    model = model or model_from_upstream(upstream_uri) or "smollm2_135m"
+    model = model or model_from_upstream(upstream_uri) or DEFAULT_MODEL
     params = PipelineParams(model=model, out_root=out_root, tracking_uri=tracking_uri, experiment=experiment, **{stage: form})
     result, cached = call_stage(stage, params.overrides_for(stage), upstream_uri, parent_run_id, out_root, refresh)
     result["cached"] = cached
@@ -112,7 +112,7 @@ def run_single_stage(
 
 @flow(name="convert", log_prints=True)
 def convert_flow(
-    model: str = "smollm2_135m",
+    model: str = DEFAULT_MODEL,
     upstream_uri: str = "",
     bitnet: ConvertBitNet = default_of("convert", "bitnet"),
     compute: ConvertCompute = default_of("convert", "compute"),

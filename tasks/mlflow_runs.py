@@ -21,8 +21,7 @@ import math
 import time
 from pathlib import Path
 
-from wrinklefree_core.config.flatten import EMPTY_VALUES, flatten_config
-from wrinklefree_core.config.redact import redact_text
+from wrinklefree_core.config.flatten import flatten_config, recordable
 from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -67,7 +66,7 @@ def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
     """Log params in MLflow-sized batches, URIs' secrets masked, empty values left out, values cut to MLflow's limit."""
     from mlflow.entities import Param
 
-    items = [Param(k, redact_text(str(v))[:_PARAM_LIMIT]) for k, v in params.items() if str(v) not in EMPTY_VALUES]
+    items = [Param(k, v[:_PARAM_LIMIT]) for k, v in recordable(params).items()]
     for start in range(0, len(items), _BATCH):
         mlflow_client.log_batch(run_id, params=items[start : start + _BATCH])
 

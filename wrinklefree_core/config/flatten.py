@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from wrinklefree_core.config.redact import redact_text
+
 
 def flatten_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a.b.c": value} for every leaf of a nested dict (an empty dict is a leaf), values as they are."""
@@ -31,3 +33,8 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = value if isinstance(value, str) else json.dumps(value)
     return flat
+
+
+def recordable(params: dict[str, Any]) -> dict[str, str]:
+    """Params as a run records them (MLflow): values as text, URIs' secrets masked, empty values left out."""
+    return {key: redact_text(str(value)) for key, value in params.items() if str(value) not in EMPTY_VALUES}

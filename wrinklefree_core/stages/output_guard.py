@@ -60,6 +60,14 @@ def _same_place(a: str | Path, b: Path) -> bool:
     return Path(a).expanduser().resolve() == b.expanduser().resolve()
 
 
+def _not_beside(artifact: Path, holder: str) -> OutputExistsError:
+    folder = artifact.parent
+    return OutputExistsError(
+        f"out={artifact}: {folder} holds {holder}; an export writes its stage.json, verification.json and reports "
+        f"beside the GGUF, which would replace that record. Give the GGUF a folder of its own, e.g. out={folder}-gguf/{artifact.name}"
+    )
+
+
 def check_output(
     stage: str, cfg: RunConfig, artifact: Path, inputs: dict[str, str | None], *, is_file: bool = False, compare: bool = True
 ) -> None:
@@ -82,15 +90,12 @@ def check_output(
             )
     manifest_path = folder / MANIFEST_NAME
     if is_file and not manifest_path.is_file() and is_bitnet_checkpoint(folder):
-        raise OutputExistsError(
-            f"out={artifact}: {folder} is a BitNet checkpoint; an export writes its stage.json, verification.json and "
-            f"reports beside the GGUF. Give the GGUF a folder of its own, e.g. out={folder}-gguf/{artifact.name}"
-        )
+        raise _not_beside(artifact, "a BitNet checkpoint")
     if not manifest_path.is_file():
         return
     try:
         manifest = read_manifest(folder)
-    except Exception as exc:  # a damaged record of unknown origin: never replace it unasked
+    except (OSError, ValueError) as exc:  # a damaged record of unknown origin: never replace it unasked
         if cfg.overwrite:
             return
         raise OutputExistsError(
@@ -98,11 +103,7 @@ def check_output(
             "or pass overwrite=true to replace it."
         ) from exc
     if is_file and manifest.stage != stage:
-        raise OutputExistsError(
-            f"out={artifact}: {folder} holds a {manifest.stage} output; an export writes its stage.json, verification.json "
-            f"and reports beside the GGUF, which would replace that output's record. Give the GGUF a folder of its own, "
-            f"e.g. out={folder}-gguf/{artifact.name}"
-        )
+        raise _not_beside(artifact, f"a {manifest.stage} output")
     if not compare:
         return
     ignored = IGNORED if stage == "export" else (*IGNORED, "export")

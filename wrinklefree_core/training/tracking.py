@@ -25,8 +25,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger
 
-from wrinklefree_core.config.flatten import EMPTY_VALUES, flatten_config
-from wrinklefree_core.config.redact import redact_text
+from wrinklefree_core.config.flatten import flatten_config, recordable
 from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 
 PARENT_RUN_ENV = "WRINKLEFREE_MLFLOW_PARENT_RUN_ID"
@@ -56,7 +55,7 @@ def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = 
 
 def log_config(logger: MLFlowLogger, config: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
     """Log the flattened resolved config (plus `extra` values) as the run's params."""
-    params = {key: redact_text(value) for key, value in flatten_config(config).items() if value not in EMPTY_VALUES}
+    params = recordable(flatten_config(config))
     params.update({k: str(v) for k, v in (extra or {}).items()})
     logger.log_hyperparams(params)
 

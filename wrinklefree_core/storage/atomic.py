@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -108,8 +109,6 @@ def remove_dead_leftovers(folder: str | os.PathLike) -> list[Path]:
     Only files whose process is not running on this machine and that nobody touched for
     STALE_AFTER_S; returns what was deleted.
     """
-    import time
-
     folder = Path(folder)
     if not folder.is_dir():
         return []

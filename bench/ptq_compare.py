@@ -7,6 +7,7 @@ package's Q4_1 file, as facts.md measured) and times every file in llama.cpp in 
 Run (after the README's main job, which writes the pipeline's GGUF):
     .venv/bin/python bench/ptq_compare.py outputs/pipeline/export/*/smollm2_135m.gguf
     .venv/bin/python bench/ptq_compare.py OURS.gguf --threads 1 --tokens 64 --rounds 3 --ptq q4_0 q2_k f16
+    .venv/bin/python bench/ptq_compare.py A/model.gguf B/model.gguf   # several of ours, named by folder
 
 Design choices:
 - Sizes are bytes on disk, the adapter counted with its base (the file pair a user ships).
@@ -76,7 +77,7 @@ def time_once(llm, prompt: list[int], tokens: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ours", type=Path, help="the pipeline's GGUF; <name>.lora.gguf beside it is used when present")
+    ap.add_argument("ours", type=Path, nargs="+", help="the pipeline's GGUF(s); <name>.lora.gguf beside each is used when present")
     ap.add_argument("--ptq", nargs="+", default=["q4_0", "q2_k"], choices=sorted(PTQ_TYPES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=64, help="decode steps per timed run")
@@ -87,16 +88,18 @@ def main(argv: list[str] | None = None) -> int:
 
     llamacpp_log.install()  # the quantizer's and the loader's log stay off the terminal
 
-    lora = args.ours.with_name(args.ours.name.removesuffix(".gguf") + ".lora.gguf")
-    lora = lora if lora.is_file() else None
     with tempfile.TemporaryDirectory() as tmp:
         teacher = teacher_gguf()
         files = {"teacher shipped Q4_1": (teacher, None)}
         for name in args.ptq:
             files[f"teacher llama.cpp {name.upper()}"] = (quantize(teacher, Path(tmp) / f"teacher-{name}.gguf", PTQ_TYPES[name]), None)
-        files["ours" + (" + LoRA" if lora else "")] = (args.ours, lora)
-        if lora:
-            files["ours, base alone"] = (args.ours, None)
+        for ours in args.ours:
+            label = "ours" if len(args.ours) == 1 else ours.parent.name
+            lora = ours.with_name(ours.name.removesuffix(".gguf") + ".lora.gguf")
+            lora = lora if lora.is_file() else None
+            files[label + (" + LoRA" if lora else "")] = (ours, lora)
+            if lora:
+                files[f"{label}, base alone"] = (ours, None)
 
         n_ctx = args.prompt_tokens + args.tokens + 8
         llms = {k: load(p, a, args.threads, n_ctx) for k, (p, a) in files.items()}
@@ -119,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         ref_decode = statistics.median(d for _, d in runs[ref])
         print(f"{args.threads} thread(s), {args.prompt_tokens}-token prompt, {args.tokens} decode steps, median of {args.rounds}")
         print(f"ratios against: {ref}")
-        print(f"{'file':28} {'MiB':>8} {'size x':>8} {'prompt tok/s':>13} {'decode tok/s':>13} {'decode x':>9}")
+        width = max(28, *(len(k) for k in names))
+        print(f"{'file':{width}} {'MiB':>8} {'size x':>8} {'prompt tok/s':>13} {'decode tok/s':>13} {'decode x':>9}")
         for k in names:
             prompt_rate = statistics.median(p for p, _ in runs[k])
             decode = statistics.median(d for _, d in runs[k])
-            print(f"{k:28} {mib(k):8.1f} {mib(k) / mib(ref):8.2f} {prompt_rate:13.1f} {decode:13.1f} {decode / ref_decode:9.2f}")
+            print(f"{k:{width}} {mib(k):8.1f} {mib(k) / mib(ref):8.2f} {prompt_rate:13.1f} {decode:13.1f} {decode / ref_decode:9.2f}")
     return 0
 
 

@@ -41,6 +41,7 @@ from wrinklefree_core.export import (
     write_lora_gguf,
 )
 from wrinklefree_core.export.gguf_layout import permute_rows
+from wrinklefree_core.export.padding import pad_model
 from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
 from wrinklefree_core.stages.export import REPORT_NAME
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint, save_bitnet_checkpoint
@@ -60,6 +61,9 @@ CASES = {
     # Q8_0 pads every rank up to 32 (zero columns): one stored rank, so alpha = 32.
     "bitnet-random-q4_0-q8_0": ("tiny_llama", "bitdistill", 0.25, "random", "q8_0", "bitnet", "Q4_0", 32.0),
     "llama-random-tq2_0-q8_0": ("tiny_llama_256", "none", 0.25, "random", "q8_0", "llama", "TQ2_0", 0.0),
+    # Width 64 padded to 256: V gets zero rows for the padded inputs, U for the padded outputs.
+    "bitnet-random-padded-q5_0": ("tiny_llama", "bitdistill", 0.25, "random", "q5_0", "bitnet", "TQ2_0", 32.0),
+    "llama-random-padded-q4_0": ("tiny_llama", "none", 0.25, "random", "q4_0", "llama", "TQ2_0", 32.0),
 }
 
 
@@ -67,7 +71,10 @@ def cfg(case: str = "", **kw) -> ExportConfig:
     """Per-layer TIGHT for every case: bitnet-svd-tq2_0 has one K/V rounding that goes the other way in
     llama.cpp (an attention value of -9.499993 there, exactly -9.5 in the reference) and reached every
     later position end to end; fed llama.cpp's own inputs, each layer agrees within TIGHT."""
-    return ExportConfig(verify_max_rel_error=TIGHT, verify_min_top1=1.0, **kw)
+    pad = not case or CASES[case][6].startswith("TQ")  # the Q4_0 cases keep their width (export.pad=false)
+    # A Q8_0 embedding: a K-quant one moves top-1 of these near-tied random logits (0.83 for Q6_K).
+    kw.setdefault("float_type", "q8_0")
+    return ExportConfig(verify_max_rel_error=TIGHT, verify_min_top1=1.0, pad=pad, **kw)
 
 
 def make_lrc_checkpoint(out: Path, base: Path, rank_fraction: float, init: str, seed: int = 0) -> Path:
@@ -194,7 +201,9 @@ def test_llamacpp_loaded_directly_agrees_with_verification(exported):
 # ----------------------------------------------------------------------------------- the files
 
 
-@pytest.mark.parametrize("case", ["bitnet-random-q4_0-f16", "llama-random-tq2_0", "llama-rank1-q4_0", "llama-random-tq2_0-q8_0"])
+@pytest.mark.parametrize(
+    "case", ["bitnet-random-q4_0-f16", "llama-random-tq2_0", "llama-rank1-q4_0", "llama-random-tq2_0-q8_0", "llama-random-padded-q4_0"]
+)
 def test_adapter_file_metadata_shapes_and_values(case, exported):
     ckpt, report, _ = exported(case)
     *_, lora_type, arch, _, alpha = CASES[case]
@@ -204,7 +213,9 @@ def test_adapter_file_metadata_shapes_and_values(case, exported):
     assert reader.fields["general.architecture"].contents() == arch
     assert float(reader.fields["adapter.lora.alpha"].contents()) == alpha == report.lora.alpha
 
-    model, _ = load_bitnet_checkpoint(ckpt)
+    model, settings = load_bitnet_checkpoint(ckpt)
+    if report.padding is not None:  # the file holds the padded model's U, V (zero rows for padded widths)
+        model = pad_model(model, settings, report.padding).model
     tensors = {t.name: t for t in reader.tensors}
     base_names = {t.name for t in GGUFReader(str(report.path)).tensors}
     expected = set()
@@ -215,7 +226,7 @@ def test_adapter_file_metadata_shapes_and_values(case, exported):
         expected |= {a.name, b.name}
         # GGUF lists ne0 first: lora_a ne = [in, rank], lora_b ne = [rank, out]. Q8_0 stores the rank
         # padded up to a multiple of its 32-value block, with zero columns.
-        rank = -(-m.rank // 32) * 32 if lora_type == "q8_0" else m.rank
+        rank = -(-m.rank // 32) * 32 if lora_type in ("q8_0", "q5_0", "q4_0") else m.rank
         assert [int(n) for n in a.shape] == [m.in_features, rank]
         assert [int(n) for n in b.shape] == [rank, m.out_features]
         assert a.tensor_type.name == b.tensor_type.name == lora_type.upper()
@@ -229,7 +240,7 @@ def test_adapter_file_metadata_shapes_and_values(case, exported):
         want_a, want_b = v.T.contiguous().numpy(), u.contiguous().numpy()
         if lora_type == "f16":
             want_a, want_b = want_a.astype(np.float16), want_b.astype(np.float16)
-        if lora_type == "q8_0":  # the raw blocks, as gguf's own Q8_0 quantizer writes them
+        if lora_type in ("q8_0", "q5_0", "q4_0"):  # the raw blocks, as gguf's own quantizer writes them
             want_a, want_b = gguf_quants.quantize(want_a, a.tensor_type), gguf_quants.quantize(want_b, b.tensor_type)
         got_a = np.asarray(a.data).reshape(want_a.shape)
         got_b = np.asarray(b.data).reshape(want_b.shape)
@@ -340,7 +351,7 @@ def test_factors_beyond_fp16_are_refused_for_an_f16_adapter(checkpoint_factory, 
         write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="f16")
     assert not out.exists() or list(out.iterdir()) == []
     with pytest.raises(ExportError, match="not supported"):
-        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q4_0")
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q2_k")
     # Q8_0 holds 1e5 (its fp16 block scale is 1e5 / 127); a scale beyond fp16 is refused the same way.
     write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
 

@@ -16,14 +16,18 @@ class ExportConfig(Section):
     ternary_type: Literal["tq2_0", "tq1_0"] = Field(
         "tq2_0", description="GGUF type of ternary matrices whose input width is a multiple of 256."
     )
+    pad: bool = Field(
+        True,
+        description="Zero-pad hidden size, heads and FFN width to multiples of 256 so every ternary matrix is TQ; the padded file computes the same function.",
+    )
     fallback_type: Literal["q4_0", "q8_0"] = Field(
-        "q4_0", description="Lossless GGUF type for ternary matrices whose input width is not a multiple of 256."
+        "q4_0", description="Lossless GGUF type for ternary matrices whose input width is not a multiple of 256 (pad=false)."
     )
-    float_type: Literal["q8_0", "f16", "f32"] = Field(
-        "q8_0",
-        description="GGUF type of the embedding, the untied output and unconverted matrices (q8_0: 8.5 bits; F16 where a row is not 32-aligned).",
+    float_type: Literal["q4_k", "q5_k", "q6_k", "q8_0", "f16", "f32"] = Field(
+        "q6_k",
+        description="GGUF type of the embedding, the untied output and unconverted matrices (q4_k 4.5, q6_k 6.56, q8_0 8.5 bits; a row too short for the blocks takes q8_0, then F16).",
     )
-    lora_type: Literal["f32", "f16", "q8_0"] = Field(
+    lora_type: Literal["f32", "f16", "q8_0", "q5_0", "q4_0"] = Field(
         "q8_0",
         description="GGUF type of the LRC adapter (NAME.lora.gguf): f16 halves it, q8_0 (8.5 bits) quarters it; both round its input likewise.",
     )

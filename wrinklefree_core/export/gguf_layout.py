@@ -226,6 +226,11 @@ def _gguf_name(hf_name: str, tied: bool) -> tuple[str, Role]:
     )
 
 
+def target_arch(model: nn.Module, settings: BitNetSettings) -> str:
+    """The llama.cpp architecture a checkpoint exports as: `bitnet` with SubLN, else the model's own."""
+    return "bitnet" if settings.subln == "bitdistill" else architecture_of(model).gguf_arch
+
+
 def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool = False) -> GGUFLayout:
     """Decide the GGUF arch and the per-tensor plan for a loaded BitNet model, or raise ExportError.
 
@@ -252,7 +257,7 @@ def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool =
     config = model.config
     dims = model_dims(config)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    arch = "bitnet" if settings.subln == "bitdistill" else spec.gguf_arch
+    arch = target_arch(model, settings)
     if arch == "bitnet":
         _check_bitnet(model, settings, spec, dims, tied)
     else:

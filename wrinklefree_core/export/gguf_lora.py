@@ -48,7 +48,7 @@ from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
-from wrinklefree_core.export.gguf_quant import EncodedTensor, encode_float, quantize_roundtrip
+from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, EncodedTensor, encode_float, quantize_roundtrip
 from wrinklefree_core.export.gguf_writer import (
     GGUFExportReport,
     TensorRecord,
@@ -62,7 +62,7 @@ from wrinklefree_core.models.checkpoint import CONFIG_NAME, SETTINGS_KEY
 from wrinklefree_core.models.lrc import lrc_modules
 
 T = GGMLQuantizationType
-ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0}
+ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q5_0": T.Q5_0, "q4_0": T.Q4_0}
 Q8_0_BLOCK = 32
 LORA_SUFFIX = ".lora.gguf"
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -126,9 +126,9 @@ class LoraLayout:
 
 
 def stored_rank(rank: int, adapter_type: str) -> int:
-    """The rank an adapter is stored with: Q8_0 quantizes lora_b's rows (length rank) in blocks of 32,
+    """The rank an adapter is stored with: Q8_0/Q5_0/Q4_0 quantize lora_b's rows (length rank) in blocks of 32,
     so its rank is padded up with zero columns of U and V (exact: they add nothing to U V^T)."""
-    if ADAPTER_TYPES[adapter_type] == T.Q8_0:
+    if ADAPTER_TYPES[adapter_type] in BLOCK_32_TYPES:
         return -(-rank // Q8_0_BLOCK) * Q8_0_BLOCK
     return rank
 
@@ -190,9 +190,12 @@ def _check_factor(t: torch.Tensor, name: str, qtype: GGMLQuantizationType) -> No
     peak = float(t.abs().max()) if t.numel() else 0.0
     if qtype == T.F16 and peak > _FP16_MAX:
         raise ExportError(f"{name} has values up to {peak:.3g}, beyond fp16's range. Export the adapter as f32.")
-    if qtype == T.Q8_0 and peak / 127 > _FP16_MAX:
+    # A block's fp16 scale is its absmax over the largest code: 127 (Q8_0), 16 (Q5_0), 8 (Q4_0).
+    largest_code = {T.Q8_0: 127, T.Q5_0: 16, T.Q4_0: 8}.get(qtype)
+    if largest_code and peak / largest_code > _FP16_MAX:
         raise ExportError(
-            f"{name} has values up to {peak:.3g}, which need a Q8_0 block scale beyond fp16's range. Export the adapter as f32."
+            f"{name} has values up to {peak:.3g}, which need a {qtype.name} block scale beyond fp16's range. "
+            "Export the adapter as f32."
         )
 
 
@@ -261,7 +264,7 @@ def write_lora_gguf(
     """Write an LRC checkpoint as a base GGUF at `base_gguf_path` plus its LoRA adapter GGUF at `out_path`.
 
     The base holds the ternary model exactly as write_gguf would (LRC tensors left out); the adapter
-    holds every U V^T (type `lora_type`, else `cfg.lora_type`: "q8_0", "f16" or "f32"). Both files are
+    holds every U V^T (type `lora_type`, else `cfg.lora_type`: "q8_0", "q5_0", "q4_0", "f16" or "f32"). Both files are
     published together, atomically; on CheckpointError / ExportError (checkpoint without adapters,
     a layout llama.cpp cannot run, factors the type cannot hold) neither is written and existing files
     are untouched. Returns the adapter's report, with the base report as `.base`.

@@ -1,4 +1,4 @@
-"""Encode tensors into GGUF blocks: ternary matrices losslessly, everything else as Q8_0, F16 or F32.
+"""Encode tensors into GGUF blocks: ternary matrices losslessly, everything else as a float or block type.
 
 Design choices:
 - The ternary values come from `quant.reference.ternarize_weight`, the function training uses, so
@@ -11,7 +11,9 @@ Design choices:
   Q8_0 are packed here, because the stock Q4_0 quantizer maps one sign to -7/8 of s and the stock Q8_0
   one stores s/127 (2e-4 s off). Every encoded ternary tensor is dequantized once and compared with
   fp16(s) * W_q before it is accepted: a silent change of numbers is worse than a failed export.
-- Embeddings/output/full-precision matrices: Q8_0 (default), F16 or F32 (float_type); norms and biases: F32, as
+- Embeddings/output/full-precision matrices: a K-quant (Q4_K..Q6_K, encoded by llama.cpp's own ggml,
+  ggml_quants.py), Q8_0, F16 or F32 (float_type); a row too short for the type's block takes the next
+  type whose block fits (K-quant -> Q8_0 -> F16; reported per tensor). Norms and biases: F32, as
   llama.cpp expects for 1-D tensors.
 """
 
@@ -23,14 +25,17 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, quants
 
+from wrinklefree_core.export import ggml_quants
 from wrinklefree_core.export.gguf_layout import ExportError, permute_rows
 from wrinklefree_core.quant.reference import ternarize_weight
 
 T = GGMLQuantizationType
 TERNARY_TYPES = {"tq2_0": T.TQ2_0, "tq1_0": T.TQ1_0}
 FALLBACK_TYPES = {"q4_0": T.Q4_0, "q8_0": T.Q8_0}
-FLOAT_TYPES = {"f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0}
+FLOAT_TYPES = {"f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q5_k": T.Q5_K, "q4_k": T.Q4_K}
 TQ_BLOCK = 256
+# Block types of 32 values along a row with one fp16 scale (plus a minimum for none of these): gguf-py encodes them.
+BLOCK_32_TYPES = frozenset({T.Q8_0, T.Q5_0, T.Q4_0})
 FALLBACK_BLOCK = 32
 _FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -122,29 +127,47 @@ def encode_ternary(
     return EncodedTensor(data, qtype, tuple(weight.shape), s16)
 
 
+def float_type_for(width: int, qtype: GGMLQuantizationType) -> GGMLQuantizationType:
+    """`qtype` if a row of `width` values fills its blocks, else the next type whose block fits."""
+    if qtype in ggml_quants.K_QUANTS and width % ggml_quants.K_BLOCK:
+        qtype = T.Q8_0
+    if qtype == T.Q8_0 and width % FALLBACK_BLOCK:
+        qtype = T.F16
+    return qtype
+
+
+def _blocks(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    if qtype in ggml_quants.K_QUANTS:
+        return ggml_quants.quantize(arr, qtype)
+    return quants.quantize(arr, qtype)
+
+
 def quantize_roundtrip(t: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
     """`t` (rows along the last dim) as a tensor of `qtype` dequantizes it: exact for F32, fp16-rounded
-    for F16, gguf's own blocks for Q8_0. What a file written by encode_float holds."""
+    for F16, the type's own blocks otherwise. What a file written by encode_float holds."""
     if qtype == T.F32:
         return t.float()
     if qtype == T.F16:
         return t.float().half().float()
     arr = t.detach().float().contiguous().numpy()
-    back = quants.dequantize(quants.quantize(arr, qtype), qtype)
+    back = quants.dequantize(_blocks(arr, qtype), qtype)
     return torch.from_numpy(np.array(back, dtype=np.float32)).reshape(t.shape)
 
 
 def encode_float(tensor: torch.Tensor, qtype: GGMLQuantizationType, name: str) -> EncodedTensor:
-    """Write a full-precision tensor as F16, F32 or Q8_0 (blocks of 32 along each row, an fp16 scale
-    each); refuse values that overflow F16 or a Q8_0 block scale."""
+    """Write a full-precision tensor as F16, F32, Q8_0 (blocks of 32 along each row, an fp16 scale
+    each) or a K-quant (blocks of 256); refuse values that overflow F16 or a block's fp16 scale."""
     arr = tensor.detach().float().numpy()
-    if qtype == T.Q8_0:
+    if qtype in BLOCK_32_TYPES or qtype in ggml_quants.K_QUANTS:
         peak = float(np.abs(arr).max()) if arr.size else 0.0
-        if peak / 127 > _FP16_MAX:
-            raise ExportError(f"{name} has values up to {peak:.3g}, beyond a Q8_0 block scale. Export with float_type=f32.")
-        if tensor.shape[-1] % 32:
-            raise ExportError(f"{name} has rows of {tensor.shape[-1]} values; Q8_0 needs a multiple of 32. Use float_type=f16.")
-        return EncodedTensor(quants.quantize(np.ascontiguousarray(arr), qtype), qtype, tuple(tensor.shape))
+        if not np.isfinite(peak) or peak / 127 > _FP16_MAX:
+            raise ExportError(f"{name} has values up to {peak:.3g}, beyond a {qtype.name} block scale. Export with float_type=f32.")
+        block = FALLBACK_BLOCK if qtype in BLOCK_32_TYPES else ggml_quants.K_BLOCK
+        if tensor.shape[-1] % block:
+            raise ExportError(
+                f"{name} has rows of {tensor.shape[-1]} values; {qtype.name} needs a multiple of {block}. Use float_type=f16."
+            )
+        return EncodedTensor(_blocks(np.ascontiguousarray(arr), qtype), qtype, tuple(tensor.shape))
     if qtype == T.F16:
         peak = float(np.abs(arr).max()) if arr.size else 0.0
         if peak > _FP16_MAX:

@@ -31,7 +31,8 @@ import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout
+from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout, target_arch
+from wrinklefree_core.export.padding import ExportModel, PaddingPlan, export_model
 from wrinklefree_core.export.gguf_quant import (
     FALLBACK_TYPES,
     FLOAT_TYPES,
@@ -39,6 +40,7 @@ from wrinklefree_core.export.gguf_quant import (
     EncodedTensor,
     encode_float,
     encode_ternary,
+    float_type_for,
     ternary_type_for,
     type_nbytes,
 )
@@ -55,6 +57,9 @@ _FILE_TYPES = {
     T.TQ1_0: LlamaFileType.MOSTLY_TQ1_0,
     T.Q4_0: LlamaFileType.MOSTLY_Q4_0,
     T.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    T.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+    T.Q5_K: LlamaFileType.MOSTLY_Q5_K_M,
+    T.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
     T.F16: LlamaFileType.MOSTLY_F16,
     T.F32: LlamaFileType.ALL_F32,
 }
@@ -85,6 +90,8 @@ class GGUFExportReport:
     notes: list[str] = field(default_factory=list)
     # The LoRA adapter GGUF published beside this file (LRC checkpoints; set by export_gguf).
     lora: LoraExportReport | None = None
+    # The widths the file was padded to so that every ternary matrix is TQ (None: written as is).
+    padding: PaddingPlan | None = None
 
     def types(self) -> dict[str, str]:
         """GGUF tensor name -> type name."""
@@ -108,9 +115,8 @@ def encode_tensors(model: torch.nn.Module, layout: GGUFLayout, cfg: ExportConfig
         elif spec.role in ("matrix", "embedding", "output"):
             if spec.permute_heads is not None:
                 tensor = permute_rows(tensor, spec.permute_heads)
-            # Q8_0 blocks run along rows of 32; a row of another width keeps F16 (reported per tensor).
-            qtype = T.F16 if float_type == T.Q8_0 and tensor.shape[-1] % 32 else float_type
-            enc = encode_float(tensor, qtype, spec.hf_name)
+            # A row too short for the type's blocks takes the next type that fits (reported per tensor).
+            enc = encode_float(tensor, float_type_for(tensor.shape[-1], float_type), spec.hf_name)
         else:  # norms and biases stay F32
             if spec.permute_heads is not None:
                 tensor = permute_rows(tensor, spec.permute_heads)
@@ -167,7 +173,10 @@ def _write_file(
 
 @dataclass
 class PreparedGGUF:
-    """Everything a base GGUF needs, computed before any file is opened (see write_gguf)."""
+    """Everything a base GGUF needs, computed before any file is opened (see write_gguf).
+
+    `model` is the model the file holds: the checkpoint's, or its padded copy (`source.padded`).
+    """
 
     model: torch.nn.Module
     settings: BitNetSettings
@@ -175,6 +184,20 @@ class PreparedGGUF:
     vocab: GGUFVocab
     encoded: list[tuple[str, EncodedTensor]]
     name: str
+    source: ExportModel
+
+
+def load_export_model(
+    checkpoint_dir: str | os.PathLike, cfg: ExportConfig, *, with_lora: bool = False
+) -> tuple[ExportModel, GGUFLayout]:
+    """Load a checkpoint as the model its GGUF holds (padded when cfg.pad and a width needs it) and plan it.
+
+    Refusals are checked on the checkpoint's own model first, so their messages name its real widths.
+    """
+    model, settings = load_bitnet_checkpoint(checkpoint_dir)
+    plan_layout(model, settings, with_lora=with_lora)
+    source = export_model(model, settings, target_arch(model, settings), cfg.pad)
+    return source, plan_layout(source.model, source.settings, with_lora=with_lora)
 
 
 def prepare_gguf(checkpoint_dir: str | os.PathLike, cfg: ExportConfig, *, with_lora: bool = False) -> PreparedGGUF:
@@ -183,12 +206,12 @@ def prepare_gguf(checkpoint_dir: str | os.PathLike, cfg: ExportConfig, *, with_l
     `with_lora` accepts a checkpoint with LRC adapters, whose adapters the caller writes as a LoRA GGUF
     (plan_layout). Raises CheckpointError / ExportError; writes nothing.
     """
-    model, settings = load_bitnet_checkpoint(checkpoint_dir)
-    layout = plan_layout(model, settings, with_lora=with_lora)
+    source, layout = load_export_model(checkpoint_dir, cfg, with_lora=with_lora)
+    model = source.model
     vocab = read_vocab(checkpoint_dir, model.config, layout.dims.n_vocab)
     with torch.no_grad():
         encoded = encode_tensors(model, layout, cfg)
-    return PreparedGGUF(model, settings, layout, vocab, encoded, Path(checkpoint_dir).resolve().name)
+    return PreparedGGUF(model, source.settings, layout, vocab, encoded, Path(checkpoint_dir).resolve().name, source)
 
 
 def check_output_path(out: Path) -> None:
@@ -243,6 +266,7 @@ def build_report(prep: PreparedGGUF, out: Path) -> GGUFExportReport:
         f16_bytes=file_bytes - data_bytes + f16_data,
         pre_tokenizer=prep.vocab.pre,
         notes=list(prep.vocab.notes),
+        padding=prep.source.padded.plan if prep.source.padded else None,
     )
 
 
@@ -282,6 +306,8 @@ def format_summary(report: GGUFExportReport) -> str:
         f"  size {size}; {8 * total / max(1, weights):.2f} bits per weight over {weights / 1e6:.1f}M weights"
         f"{' (adapter included)' if adapter else ''}; all-F16 export {_mib(report.f16_bytes)}",
     ]
+    if report.padding is not None:
+        lines.append(f"  padded with zeros so every ternary matrix is TQ: {report.padding.describe()}")
     lines += [f"  note: {n}" for n in report.notes]
     return "\n".join(lines)
 
@@ -308,6 +334,8 @@ def format_report(report: GGUFExportReport) -> str:
         f"file size {_mib(report.file_bytes)} ({report.file_bytes} bytes) vs all-F16 export "
         f"{_mib(report.f16_bytes)}: {ratio:.2f}x smaller"
     )
+    if report.padding is not None:
+        lines.append(f"padded with zeros so every ternary matrix is TQ: {report.padding.describe()}")
     lines += [f"note: {n}" for n in report.notes]
     if report.lora is not None:
         from wrinklefree_core.export.gguf_lora import format_lora_report  # gguf_lora imports this module

@@ -27,7 +27,7 @@ Design choices:
   and apply the block scales once, so they are closer to the exact product than an fp32 GEMM over
   dequantized values (whose last-bit noise flips activation roundings downstream).
 - Activations, per ggml-cpu's type traits and the AVX2 build of ggml:
-  - TQ1_0/TQ2_0 -> Q8_K (quantize_row_q8_K_ref, per 256-block; x86 has no SIMD version): m = the
+  - TQ1_0/TQ2_0 and the K-quants (an embedding or head in Q4_K..Q6_K) -> Q8_K (quantize_row_q8_K_ref, per 256-block; x86 has no SIMD version): m = the
     signed value of largest magnitude (first one), iscale = -127.f/m (one fp32 division),
     q = min(127, round_half_even(iscale*x)), x' = d * q with d = 1/iscale stored as f32.
   - Q4_0/Q8_0 -> Q8_0 (AVX quantize_row_q8_0, per 32-block): a = max|x|, d = a/127 stored as fp16,
@@ -167,9 +167,9 @@ def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 def activation_roundtrip(x: torch.Tensor, weight_type: GGMLQuantizationType) -> torch.Tensor:
     """The activation llama.cpp multiplies with a weight of `weight_type` (its vec_dot_type rounding)."""
-    if weight_type in (T.TQ1_0, T.TQ2_0):
+    if weight_type in (T.TQ1_0, T.TQ2_0, T.Q4_K, T.Q5_K, T.Q6_K):
         return q8_k_roundtrip(x)
-    if weight_type in (T.Q4_0, T.Q8_0):
+    if weight_type in (T.Q4_0, T.Q5_0, T.Q8_0):
         return q8_0_roundtrip(x)
     if weight_type == T.F16:
         return x.float().half().float()

@@ -61,7 +61,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFType, Keys
 from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.export.gguf_layout import GGUFLayout, plan_layout
+from wrinklefree_core.export.gguf_layout import GGUFLayout, plan_layout, target_arch
 from wrinklefree_core.export.gguf_lora import (
     ADAPTER_TYPES,
     LoraLayout,
@@ -75,6 +75,7 @@ from wrinklefree_core.export.gguf_quant import quantize_roundtrip
 from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
 from wrinklefree_core.export.llamacpp_log import llamacpp_log_to
 from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp
+from wrinklefree_core.export.padding import ExportModel, export_model, identity_error
 from wrinklefree_core.export.llamacpp_reference import (
     GGUFTensor,
     LoraPair,
@@ -283,7 +284,7 @@ def check_lora_file(
             if found != shape:
                 broken.append(f"'{name}' has shape {found}, expected {shape}")
             if GGMLQuantizationType(t.tensor_type) not in _ADAPTER_GGML_TYPES:
-                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32, F16 or Q8_0")
+                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32, F16, Q8_0, Q5_0 or Q4_0")
     missing = [s.module for s in plan.specs if s.a_name not in present and s.b_name not in present]
     if missing:
         failures.append(
@@ -330,13 +331,74 @@ def check_lora_file(
     return summary, failures, pairs
 
 
+def _file_widths(gguf_path: Path) -> dict[str, int] | None:
+    """(n_embd, n_ff, n_head, n_head_kv) that a GGUF declares, None when it cannot be read."""
+    try:
+        reader = GGUFReader(str(gguf_path))
+        arch = reader.fields[Keys.General.ARCHITECTURE].contents()
+        keys = ("embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv")
+        return {k: int(reader.fields[f"{arch}.{k}"].contents()) for k in keys}
+    except Exception:  # unreadable or not ours: llama.cpp's load reports it below
+        return None
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    c = model.config
+    return {
+        "embedding_length": c.hidden_size,
+        "feed_forward_length": c.intermediate_size,
+        "attention.head_count": c.num_attention_heads,
+        "attention.head_count_kv": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+    }
+
+
+def _model_for_file(gguf_path: Path, original: nn.Module, settings) -> ExportModel:
+    """The checkpoint's model as the file holds it: padded when the file declares the padded widths."""
+    padded = export_model(original, settings, target_arch(original, settings), pad=True)
+    if padded.padded is not None and _file_widths(gguf_path) == _widths(padded.model):
+        return padded
+    return ExportModel(original, original, settings)
+
+
+# Float64 with float activations, padding redone in float64 (padding.identity_error). What is left is
+# the fp32 rounding of the ternary scales that carry c (up/v_proj): <= 6e-8 relative on a SubLN's
+# input, which the norm divides out except through eps, so a few 1e-9 on the tiny test models. A
+# wrong gain is ~1e-1, a forgotten eps rescale (1 - r) eps / (2 mean square), 1e-6 or more.
+PADDING_MAX_REL_ERROR = 1e-6
+
+
+def _check_padding(source: ExportModel, settings, ids: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
+    """That the padded model is the checkpoint's model: exact ternary values and scales, the same function."""
+    padded = source.padded
+    identity = identity_error(source.original, settings, padded.plan, ids)
+    with torch.no_grad():
+        quantized = compare_logits(
+            source.model(ids.view(1, -1)).logits[0].float().numpy(), source.original(ids.view(1, -1)).logits[0].float().numpy()
+        )
+    summary = {
+        "plan": padded.plan.as_dict(),
+        "ternary_matrices_exact": padded.ternary_checked,
+        "scale_max_rel_error": padded.scale_max_rel_error,
+        "identity_rel_error": identity,
+        "identity_bound": PADDING_MAX_REL_ERROR,
+        "quantized_vs_unpadded": quantized,
+    }
+    failures = []
+    if not identity <= PADDING_MAX_REL_ERROR:
+        failures.append(
+            f"the padded model computes another function than the checkpoint (float64 logits differ by {identity:.3g} "
+            f"> {PADDING_MAX_REL_ERROR:g}); export with pad=false and report this"
+        )
+    return summary, failures
+
+
 def _run_checks(
     gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig, lora_path: Path | None = None
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    model, settings = load_bitnet_checkpoint(checkpoint_dir)
-    has_lrc = bool(lrc_modules(model))
+    original, settings = load_bitnet_checkpoint(checkpoint_dir)
+    has_lrc = bool(lrc_modules(original))
     if has_lrc and lora_path is None:
         raise VerificationError(
             f"{checkpoint_dir} has LRC adapters, so its GGUF is a base file plus a LoRA adapter, and no adapter was "
@@ -344,13 +406,19 @@ def _run_checks(
         )
     if lora_path is not None and not has_lrc:
         raise VerificationError(f"{checkpoint_dir} has no LRC adapters, but a LoRA adapter ({lora_path}) was given.")
-    layout: GGUFLayout = plan_layout(model, settings, with_lora=has_lrc)
+    plan_layout(original, settings, with_lora=has_lrc)
+    source = _model_for_file(gguf_path, original, settings)
+    model = source.model
+    layout: GGUFLayout = plan_layout(model, source.settings, with_lora=has_lrc)
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
     hf_ids = list(tokenizer(cfg.verify_prompt).input_ids)
     ids = torch.tensor(hf_ids)
 
     failures: list[str] = []
     lora, extra = None, {}
+    if source.padded is not None:
+        extra["padding"], padding_failures = _check_padding(source, settings, ids)
+        failures += padding_failures
     if has_lrc:
         plan = plan_lora(model, layout, _adapter_type_of(lora_path))
         summary, failures, lora = check_lora_file(lora_path, plan, model)
@@ -368,15 +436,15 @@ def _run_checks(
     tensors = read_gguf_tensors(gguf_path, layout)
     extra["weights"], weight_failures = check_weights(tensors, model, layout)
     failures += weight_failures
-    with torch.no_grad():
-        exact = model(ids.view(1, -1)).logits[0].float().numpy()
+    with torch.no_grad():  # the checkpoint's own model: a padded file is compared with what it pads
+        exact = original(ids.view(1, -1)).logits[0].float().numpy()
     entries, logit_failures, ref = _check_logits(run, model, tensors, ids, exact, cfg, lora)
     failures += logit_failures
 
     if has_lrc:
         base_run = _run_llama(gguf_path, None, hf_ids, cfg, failures)
-        with torch.no_grad(), lrc_disabled(model):
-            base_exact = model(ids.view(1, -1)).logits[0].float().numpy()
+        with torch.no_grad(), lrc_disabled(original):
+            base_exact = original(ids.view(1, -1)).logits[0].float().numpy()
         base_entries, base_failures, base_ref = _check_logits(base_run, model, tensors, ids, base_exact, cfg)
         failures += [f"base GGUF alone: {f}" for f in base_failures]
         effect = compare_logits(base_ref, ref)

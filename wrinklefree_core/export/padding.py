@@ -1,0 +1,435 @@
+"""Zero-pad a BitNet model's widths to multiples of 256, so that every ternary matrix can be TQ2_0/TQ1_0.
+
+llama.cpp's TQ types pack 256 weights per block along each row's input, so a matrix whose input width is
+576 (SmolLM2's hidden size) or 896 (Qwen2-0.5B's) cannot be TQ and falls back to Q4_0 (4.5 bits per
+weight instead of 2.06). Padding makes a wider model that computes the same function; the exporter then
+writes the wider model, and verification checks llama.cpp against it and against the original.
+
+What is padded, and why it is exact:
+- Hidden size E -> E' (zero columns in every matrix that reads the residual stream, zero rows in every
+  matrix that writes it, zero columns in the token embedding). The padded coordinates of the residual
+  stream stay exactly zero through every layer.
+- FFN width F -> F' (zero rows in gate/up, zero columns in down).
+- Attention: query heads H -> H', KV heads K -> K'. A query head must keep its own KV head, and a padded
+  query head must output exactly zero (the attention SubLN normalizes over all heads, so a padded head
+  that averaged a real V would change the result). So padded query heads sit only in KV groups whose K
+  and V are zero: a zero query gives uniform attention over a zero V. When whole zero groups alone cannot
+  reach a width that is a multiple of 256 at a reasonable size (Qwen2-0.5B: 14 heads in groups of 7 would
+  need 28 heads), each real KV head is written `kv_copies` times and its query heads split over the
+  copies (groups of 7 -> 7 groups of 1): llama.cpp maps query head h to KV head h // (H'/K'), so the
+  copies keep every query with its own K and V. The cheapest arrangement (fewest weights, the embedding
+  counted) is chosen.
+- RMS norms over a padded width N' (real width N, r = N/N') see a mean square r times the real one:
+  g' x / sqrt(r mean(x^2) + eps') with g' = g sqrt(r) and eps' = eps r is exactly g x / sqrt(mean(x^2) + eps).
+  llama.cpp has one epsilon for every norm, eps' = eps r_E (the residual stream's ratio). A norm over
+  another ratio r (the FFN SubLN when F is padded less than E, Qwen3's per-head q/k norms, r = 1) gets
+  its input scaled by c = sqrt(r_E / r): sqrt(c^2 r m + eps r_E) = sqrt(r_E) sqrt(m + eps), so with
+  g' = g sqrt(r) the norm's output is again exactly g x / sqrt(m + eps). The matrix that writes that
+  input carries c (up_proj for the FFN SubLN, v_proj for the attention SubLN, q/k_proj for q/k norms):
+  its ternary scale, bias and LRC factor U are multiplied by c, which a TQ block's fp16 scale holds
+  like any other.
+- Ternary weights keep their exact values: each padded BitLinear gets a latent weight W_q * v whose
+  ternarization (the training rule, `quant.reference.ternarize_weight`) gives back exactly the original
+  W_q, padded with zeros, and exactly the original scale (times c). Zero rows/columns do not move a
+  per-token int8 activation scale (absmax), so activations quantize to the same values.
+- LRC adapters: V gets zero rows for padded inputs, U zero rows for padded outputs; the rank is kept.
+
+The padded model is built from a copy of the loaded one, module by module; nothing here writes a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import types
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.lrc import BitLinearLRC
+from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.models.subln import SubLN
+from wrinklefree_core.quant.reference import ternarize_weight, weight_scale
+
+BLOCK = 256  # llama.cpp's TQ1_0/TQ2_0 block along a row's input (QK_K)
+# llama.cpp graphs that shape wq/wo as [n_embd, n_embd]: n_head * head_dim must equal n_embd.
+SAME_WIDTH_ARCHS = frozenset({"bitnet", "qwen2"})
+# Weights of the embedding (and an untied head) cost about 4x a ternary weight at the default types.
+_EMBEDDING_WEIGHT = 4
+
+
+def _up(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+@dataclass(frozen=True)
+class PaddingPlan:
+    """The widths before and after padding. `kv_copies`: how many times each real KV head is written."""
+
+    n_embd: int
+    n_embd_to: int
+    n_ff: int
+    n_ff_to: int
+    n_head: int
+    n_head_to: int
+    n_head_kv: int
+    n_head_kv_to: int
+    kv_copies: int
+    head_dim: int
+
+    @property
+    def active(self) -> bool:
+        return (self.n_embd, self.n_ff, self.n_head, self.n_head_kv) != (
+            self.n_embd_to, self.n_ff_to, self.n_head_to, self.n_head_kv_to
+        )
+
+    @property
+    def ratio_embd(self) -> float:
+        return self.n_embd / self.n_embd_to
+
+    @property
+    def ratio_ff(self) -> float:
+        return self.n_ff / self.n_ff_to
+
+    @property
+    def ratio_attn(self) -> float:
+        return self.n_head / self.n_head_to
+
+    def describe(self) -> str:
+        """One line for reports and logs."""
+        kv = f"{self.n_head_kv} -> {self.n_head_kv_to}"
+        if self.kv_copies > 1:
+            kv += f" (each written {self.kv_copies}x)"
+        return (
+            f"hidden {self.n_embd} -> {self.n_embd_to}, ffn {self.n_ff} -> {self.n_ff_to}, "
+            f"heads {self.n_head} -> {self.n_head_to}, kv heads {kv}, head_dim {self.head_dim}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "active": self.active}
+
+
+def _weights(plan: PaddingPlan, vocab: int, tied: bool) -> int:
+    e, a, kv, f = plan.n_embd_to, plan.n_head_to * plan.head_dim, plan.n_head_kv_to * plan.head_dim, plan.n_ff_to
+    per_layer = 2 * e * a + 2 * e * kv + 3 * e * f
+    return per_layer + _EMBEDDING_WEIGHT * vocab * e * (1 if tied else 2)
+
+
+def plan_padding(
+    n_embd: int, n_ff: int, n_head: int, n_head_kv: int, head_dim: int, *, same_width: bool, vocab: int, tied: bool
+) -> PaddingPlan:
+    """The cheapest padding that makes every projection's input width a multiple of 256.
+
+    `same_width`: the llama.cpp graph needs n_head * head_dim == n_embd (bitnet, qwen2). Returns a plan
+    with `active` False when the model needs none.
+    """
+    if n_head % n_head_kv:
+        raise ValueError(f"{n_head} query heads do not split into {n_head_kv} KV groups")
+    group = n_head // n_head_kv
+    f_to = _up(n_ff)
+    best: PaddingPlan | None = None
+    for copies in (c for c in range(1, group + 1) if group % c == 0):
+        sub = group // copies  # query heads per KV head after the split
+        kv_to = n_head_kv * copies
+        while True:
+            h_to = kv_to * sub
+            a_to = h_to * head_dim
+            e_to = a_to if same_width else _up(n_embd)
+            if a_to % BLOCK == 0 and a_to >= n_head * head_dim and (not same_width or a_to >= n_embd):
+                break
+            kv_to += 1
+        plan = PaddingPlan(n_embd, e_to, n_ff, f_to, n_head, h_to, n_head_kv, kv_to, copies, head_dim)
+        if best is None or _weights(plan, vocab, tied) < _weights(best, vocab, tied):
+            best = plan
+    assert best is not None
+    return best
+
+
+def plan_for_model(model: nn.Module, arch: str) -> PaddingPlan:
+    """plan_padding for a loaded HF model exported as llama.cpp `arch`."""
+    c = model.config
+    heads = c.num_attention_heads
+    return plan_padding(
+        c.hidden_size,
+        c.intermediate_size,
+        heads,
+        getattr(c, "num_key_value_heads", None) or heads,
+        getattr(c, "head_dim", None) or c.hidden_size // heads,
+        same_width=arch in SAME_WIDTH_ARCHS,
+        vocab=c.vocab_size,
+        tied=bool(getattr(c, "tie_word_embeddings", False)),
+    )
+
+
+# -- index maps: for each new position, the old position it copies (-1: zero) -------------------------
+
+
+def _prefix(n: int, n_to: int) -> torch.Tensor:
+    return torch.cat([torch.arange(n), torch.full((n_to - n,), -1, dtype=torch.long)])
+
+
+def _kv_rows(plan: PaddingPlan) -> torch.Tensor:
+    hd, real_slots = plan.head_dim, plan.n_head_kv * plan.kv_copies
+    rows = [torch.arange(hd) + (slot // plan.kv_copies) * hd for slot in range(real_slots)]
+    rows.append(torch.full(((plan.n_head_kv_to - real_slots) * hd,), -1, dtype=torch.long))
+    return torch.cat(rows)
+
+
+def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """t with dim `dim` rebuilt from `index` (old positions, -1 for a zero slice)."""
+    out = t.index_select(dim, index.clamp(min=0).to(t.device))
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return out * (index >= 0).to(device=t.device, dtype=t.dtype).view(shape)
+
+
+def latent_for(wq: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """A latent weight whose ternarization is exactly (wq, scale): wq * v, with v walked by ulps until
+    the training rule's absmean gives `scale` bit for bit. Returns (weight, scale it gives)."""
+    nnz = int(torch.count_nonzero(wq))
+    if nnz == 0:
+        return torch.zeros_like(wq, dtype=dtype), float(weight_scale(wq))
+    target = np.float32(scale)
+    v = np.float32(float(target) * wq.numel() / nnz)
+    best = (math.inf, v)
+    for _ in range(64):
+        got = np.float32(weight_scale(wq.to(dtype) * torch.tensor(float(v), dtype=dtype)).item())
+        best = min(best, (abs(float(got) - float(target)), v), key=lambda b: b[0])
+        if got == target:
+            break
+        v = np.nextafter(v, np.float32(np.inf) if got < target else np.float32(0))
+    v = best[1]
+    w = wq.to(dtype) * torch.tensor(float(v), dtype=dtype)
+    return w, float(weight_scale(w))
+
+
+@dataclass
+class PaddedModel:
+    """A padded copy of a model, the plan it follows, and how exactly it holds the original's ternary weights."""
+
+    model: nn.Module
+    settings: BitNetSettings
+    plan: PaddingPlan
+    ternary_checked: int
+    scale_max_rel_error: float
+
+
+def _axes(name: str, plan: PaddingPlan) -> tuple[torch.Tensor | None, ...]:
+    """Index maps for each dim of the parameter `name` (None: unchanged dim)."""
+    e = _prefix(plan.n_embd, plan.n_embd_to)
+    f = _prefix(plan.n_ff, plan.n_ff_to)
+    q = _prefix(plan.n_head * plan.head_dim, plan.n_head_to * plan.head_dim)
+    kv = _kv_rows(plan)
+    module, _, kind = name.rpartition(".")
+    leaf = module.rpartition(".")[2]
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        return None, e
+    if leaf in ("input_layernorm", "post_attention_layernorm", "norm") and "sub_norm" not in module:
+        return (e,)
+    if leaf in ("q_norm", "k_norm"):
+        return (None,)
+    if leaf == "sub_norm":
+        return (q,) if ".o_proj." in name else (f,)
+    proj = leaf
+    out_in = {
+        "q_proj": (q, e), "k_proj": (kv, e), "v_proj": (kv, e), "o_proj": (e, q),
+        "gate_proj": (f, e), "up_proj": (f, e), "down_proj": (e, f),
+    }
+    if proj not in out_in:
+        raise ValueError(f"padding does not know the parameter '{name}'")
+    rows, cols = out_in[proj]
+    if kind == "weight":
+        return rows, cols
+    if kind == "bias":
+        return (rows,)
+    if kind == "lrc_U":
+        return rows, None
+    if kind == "lrc_V":
+        return cols, None
+    raise ValueError(f"padding does not know the parameter '{name}'")
+
+
+def _gain(name: str, plan: PaddingPlan) -> float:
+    """sqrt(r) for a norm weight over a padded width (r = real / padded); 1 otherwise."""
+    module = name.rpartition(".")[0]
+    leaf = module.rpartition(".")[2]
+    if leaf == "sub_norm":
+        return math.sqrt(plan.ratio_attn if ".o_proj." in name else plan.ratio_ff)
+    if leaf in ("input_layernorm", "post_attention_layernorm", "norm"):
+        return math.sqrt(plan.ratio_embd)
+    return 1.0
+
+
+def _output_scales(model: nn.Module, plan: PaddingPlan) -> dict[str, float]:
+    """Projection -> c, for the projections that write a SubLN's input over a ratio other than E's."""
+    scales: dict[str, float] = {}
+    for i, layer in enumerate(model.model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        if getattr(attn.o_proj, "sub_norm", None) is not None and plan.ratio_attn != plan.ratio_embd:
+            scales[f"model.layers.{i}.self_attn.v_proj"] = math.sqrt(plan.ratio_embd / plan.ratio_attn)
+        if getattr(mlp.down_proj, "sub_norm", None) is not None and plan.ratio_ff != plan.ratio_embd:
+            scales[f"model.layers.{i}.mlp.up_proj"] = math.sqrt(plan.ratio_embd / plan.ratio_ff)
+        if getattr(attn, "q_norm", None) is not None and plan.ratio_embd != 1.0:  # per-head norms: r = 1
+            for proj in ("q_proj", "k_proj"):
+                scales[f"model.layers.{i}.self_attn.{proj}"] = math.sqrt(plan.ratio_embd)
+    return scales
+
+
+def _set_shapes(padded: nn.Module, plan: PaddingPlan, eps: float) -> None:
+    c = padded.config
+    c.hidden_size, c.intermediate_size = plan.n_embd_to, plan.n_ff_to
+    c.num_attention_heads, c.num_key_value_heads, c.head_dim = plan.n_head_to, plan.n_head_kv_to, plan.head_dim
+    c.rms_norm_eps = eps
+    for module in padded.modules():
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, nn.Embedding):
+            module.embedding_dim = module.weight.shape[1]
+        if hasattr(module, "num_key_value_groups"):
+            module.num_key_value_groups = plan.n_head_to // plan.n_head_kv_to
+        if isinstance(module, SubLN):
+            module.eps = eps
+        elif hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = eps
+
+
+def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> PaddedModel:
+    """A padded copy of `model` that computes the same function (module docstring); `model` is untouched."""
+    eps = float(model.config.rms_norm_eps) * plan.ratio_embd
+    scales = _output_scales(model, plan)
+    ternary = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
+    padded = copy.deepcopy(model)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    worst, checked = 0.0, 0
+    with torch.no_grad():
+        for name, param in list(model.named_parameters(remove_duplicate=False)):
+            if tied and name == "lm_head.weight":
+                continue  # re-tied below
+            module_name, _, kind = name.rpartition(".")
+            c = scales.get(module_name, 1.0)
+            axes = _axes(name, plan)
+            if kind == "weight" and module_name in ternary:
+                wq, s = ternarize_weight(param.detach())
+                for dim, index in enumerate(axes):
+                    if index is not None:
+                        wq = _take(wq, dim, index)
+                target = float(np.float32(float(s) * c))
+                value, got = latent_for(wq, target, param.dtype)
+                back, s_back = ternarize_weight(value)
+                if not torch.equal(back, wq):
+                    raise AssertionError(f"padding changed the ternary values of {name}: a bug")
+                worst = max(worst, abs(float(s_back) - target) / target)
+                checked += 1
+            else:
+                value = param.detach()
+                for dim, index in enumerate(axes):
+                    if index is not None:
+                        value = _take(value, dim, index)
+                value = value * _gain(name, plan)
+                if kind in ("bias", "lrc_U"):
+                    value = value * c
+            owner = padded.get_submodule(module_name)
+            setattr(owner, kind, nn.Parameter(value.to(param.dtype).contiguous(), requires_grad=param.requires_grad))
+        if tied:
+            padded.lm_head.weight = padded.model.embed_tokens.weight
+    _set_shapes(padded, plan, eps)
+    padded_settings = settings.model_copy(update={"subln_eps": eps}) if settings.subln_eps is not None else settings
+    return PaddedModel(padded.eval(), padded_settings, plan, checked, worst)
+
+# -- proof that padding changed nothing ------------------------------------------------------------
+
+
+def _float_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
+    if self.sub_norm is not None:
+        x = self.sub_norm(x)
+    wq, s = ternarize_weight(self.weight)
+    y = F.linear(x, (wq * s).to(x.dtype), self.bias)
+    if isinstance(self, BitLinearLRC):
+        y = y + F.linear(F.linear(x, self.lrc_V.T), self.lrc_U)
+    return y
+
+
+def _rms_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    eps = self.eps if isinstance(self, SubLN) else self.variance_epsilon
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _is_rms_norm(m: nn.Module) -> bool:
+    return isinstance(m, SubLN) or (hasattr(m, "variance_epsilon") and hasattr(m, "weight"))
+
+
+@contextlib.contextmanager
+def float_activations(model: nn.Module) -> Iterator[nn.Module]:
+    """While inside, every BitLinear multiplies its unrounded input by s * W_q (plus its LRC term), and
+    every RMS norm computes in the input's dtype (HF's and SubLN's cast to fp32).
+
+    Activation rounding is left out because padding provably leaves it alone (zeros move no absmax),
+    and because a last-bit difference flips a rounding: with it out, a float64 run of the padded and of
+    the original model must agree to summation noise.
+    """
+    swapped = []
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.forward = types.MethodType(_float_forward, m)
+        elif _is_rms_norm(m):
+            m.forward = types.MethodType(_rms_norm_forward, m)
+        else:
+            continue
+        swapped.append(m)
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            del m.forward
+
+
+def identity_error(original: nn.Module, settings: BitNetSettings, plan: PaddingPlan, ids: torch.Tensor) -> float:
+    """Relative L2 distance between the logits of `original` and of its padding, both built and run in
+    float64 with float activations: ~1e-15 when padding is exact.
+
+    The padding is redone in float64 so that the check sees the algorithm, not the fp32 rounding of
+    the rescaled norm gains (~6e-8 each, the same as storing any checkpoint in fp32); that the file
+    holds the fp32 padded model exactly is what the weight and llama.cpp checks show.
+    """
+    wide = original.double() if original.dtype == torch.float64 else copy.deepcopy(original).double()
+    logits = []
+    for model in (wide, pad_model(wide, settings, plan).model):
+        with torch.no_grad(), float_activations(model):
+            logits.append(model(ids.view(1, -1)).logits[0])
+    del wide
+    return float(torch.linalg.norm(logits[1] - logits[0]) / torch.linalg.norm(logits[0]).clamp(min=1e-300))
+
+
+# -- the model an export writes ---------------------------------------------------------------------
+
+
+@dataclass
+class ExportModel:
+    """What the GGUF writer and verification both work on: the checkpoint's model, and the model the
+    file holds (the same object, or its padded copy)."""
+
+    original: nn.Module
+    model: nn.Module
+    settings: BitNetSettings
+    padded: PaddedModel | None = None
+
+
+def needs_padding(model: nn.Module) -> bool:
+    """Some ternary matrix's input width is not a multiple of the TQ block."""
+    return any(m.in_features % BLOCK for m in model.modules() if isinstance(m, BitLinear))
+
+
+def export_model(model: nn.Module, settings: BitNetSettings, arch: str, pad: bool) -> ExportModel:
+    """The model to write as llama.cpp `arch`: padded (when `pad` and a ternary width needs it) or as is."""
+    if not pad or not needs_padding(model):
+        return ExportModel(model, model, settings)
+    plan = plan_for_model(model, arch)
+    padded = pad_model(model, settings, plan)
+    return ExportModel(model, padded.model, padded.settings, padded)

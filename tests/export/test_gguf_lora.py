@@ -356,6 +356,19 @@ def test_factors_beyond_fp16_are_refused_for_an_f16_adapter(checkpoint_factory, 
     write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
 
 
+def test_factors_whose_q4_0_scale_overflows_are_refused(checkpoint_factory, tmp_path):
+    """6e5 needs a Q8_0 scale of 4.7e3 but a Q4_0 one of 7.5e4 (largest code 8), beyond fp16."""
+
+    def blow_up(model):
+        lrc_modules(model)[3][1].lrc_U[0, 0] = 6e5
+
+    ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "big", "svd", blow_up)
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="Q4_0 block scale beyond fp16's range. Export the adapter as f32"):
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q4_0")
+    write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
+
+
 def test_factors_whose_q8_0_scale_overflows_are_refused(checkpoint_factory, tmp_path):
     def blow_up(model):
         lrc_modules(model)[3][1].lrc_U[0, 0] = 1e7

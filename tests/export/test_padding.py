@@ -9,6 +9,8 @@ unit activations) moves the logits by far more than the bound.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -23,7 +25,10 @@ from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.subln import SubLN
 from wrinklefree_core.quant.reference import ternarize_weight
 
-BOUND = 1e-6
+# The export gates at 1e-6 with the model's own eps. At eps 0.05 the fp32 spacing of the ternary scales
+# that carry c (a few ulps where no latent hits the absmean exactly) passes through the norms almost
+# undivided: 1.6e-6 measured for Qwen2-0.5B's shapes with LRC.
+BOUND = 5e-6
 BIG_EPS = 0.05
 
 
@@ -65,6 +70,7 @@ def test_plan_reaches_block_widths_and_keeps_every_query_on_its_kv_head(shape, s
 
 
 def _with_big_eps(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` (in place) with every norm's epsilon raised to BIG_EPS."""
     model.config.rms_norm_eps = BIG_EPS
     for m in model.modules():
         if isinstance(m, SubLN):
@@ -75,12 +81,17 @@ def _with_big_eps(model: torch.nn.Module) -> torch.nn.Module:
 
 
 MODELS = {
-    "bitnet": ("tiny_llama", "bitdistill", ()),
-    "llama": ("tiny_llama", "none", ()),
-    "qwen2-biases": ("tiny_qwen2", "none", ()),
-    "qwen3-qk-norm": ("tiny_qwen3", "none", ()),
-    "bitnet-ffn-unpadded": ("tiny_llama", "bitdistill", ("model.random.intermediate_size=256",)),
-    "bitnet-qwen2-0.5b-shapes": ("tiny_llama", "bitdistill", QWEN2_05B),
+    "bitnet": ("tiny_llama", "bitdistill", (), {}),
+    "llama": ("tiny_llama", "none", (), {}),
+    "qwen2-biases": ("tiny_qwen2", "none", (), {}),
+    "qwen3-qk-norm": ("tiny_qwen3", "none", (), {}),
+    "bitnet-ffn-unpadded": ("tiny_llama", "bitdistill", ("model.random.intermediate_size=256",), {}),
+    # up_proj left full precision: c (for the FFN SubLN) lands on a plain nn.Linear weight.
+    "bitnet-up-full-precision": (
+        "tiny_llama", "bitdistill", ("model.random.intermediate_size=256",),
+        {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]},
+    ),
+    "bitnet-qwen2-0.5b-shapes": ("tiny_llama", "bitdistill", QWEN2_05B, {}),
 }
 
 
@@ -90,8 +101,8 @@ def loaded(checkpoint_factory, tmp_path_factory):
 
     def get(case: str, lrc: bool = False):
         if (case, lrc) not in cache:
-            model_name, subln, overrides = MODELS[case]
-            ckpt = checkpoint_factory(model_name, subln, overrides)
+            model_name, subln, overrides, kw = MODELS[case]
+            ckpt = checkpoint_factory(model_name, subln, overrides, **kw)
             if lrc:
                 ckpt = make_lrc_checkpoint(tmp_path_factory.mktemp("lrc") / case, ckpt, 0.25, "random")
             cache[(case, lrc)] = load_bitnet_checkpoint(ckpt)
@@ -104,17 +115,26 @@ def loaded(checkpoint_factory, tmp_path_factory):
 @pytest.mark.parametrize("case", list(MODELS))
 def test_padded_model_is_the_same_function(case, lrc, loaded, monkeypatch):
     model, settings = loaded(case, lrc)
-    model = _with_big_eps(model)
+    model = _with_big_eps(copy.deepcopy(model))
     plan = plan_for_model(model, target_arch(model, settings))
     assert plan.active
     ids = torch.arange(3, 40) % model.config.vocab_size
     err = identity_error(model, settings, plan, ids)
     assert err <= BOUND, f"{case}: padded logits differ by {err:.3g}"
 
-    # The check can fail: the same padding without the epsilon rescale is far off.
-    real = padding.pad_model
-    monkeypatch.setattr(padding, "pad_model", lambda m, s, p: (lambda out: (_with_big_eps(out.model), out)[1])(real(m, s, p)))
-    assert identity_error(model, settings, plan, ids) > 1000 * BOUND
+    # The check can fail: each rule left out moves the logits far beyond the bound.
+    broken = {"eps not rescaled": None, "gains not rescaled": ("_gain", lambda name, plan: 1.0)}
+    # Qwen2-0.5B's FFN SubLN input has a mean square far above even eps 0.05, so c moves it by < 1e-6.
+    if padding._output_scales(model, plan) and "0.5b" not in case:
+        broken["no c on the matrices that feed a norm of another ratio"] = ("_output_scales", lambda m, p: {})
+    for why, patch in broken.items():
+        with monkeypatch.context() as mp:
+            if patch is None:
+                real = padding.pad_model
+                mp.setattr(padding, "pad_model", lambda m, s, p: (lambda out: (_with_big_eps(out.model), out)[1])(real(m, s, p)))
+            else:
+                mp.setattr(padding, *patch)
+            assert identity_error(model, settings, plan, ids) > 100 * BOUND, why
 
 
 @pytest.mark.parametrize("case", ["bitnet", "qwen3-qk-norm", "bitnet-qwen2-0.5b-shapes"])
@@ -143,6 +163,20 @@ def test_padded_ternary_weights_are_the_original_ones(case, loaded):
         )
         assert float(s_p / s) == pytest.approx(carries_c.get(name, 1.0), rel=3e-7), name
     assert carries_c, "these models rescale some SubLN / q-k norm input, so c must be exercised"
+
+
+def test_a_bf16_checkpoint_pads_exactly(loaded):
+    """Padding works in fp32 whatever the checkpoint's dtype: a bf16 latent could not carry the exact scale."""
+    model, settings = loaded("bitnet", True)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    padded = pad_model(half, settings, plan_for_model(half, target_arch(half, settings)))
+    assert padded.scale_max_rel_error < 2.5e-7
+    assert all(p.dtype == torch.float32 for p in padded.model.parameters())
+    wide = dict(padded.model.named_modules())
+    for name, m in half.named_modules():
+        if isinstance(m, BitLinear):
+            wq, _ = ternarize_weight(m.weight)
+            assert torch.equal(ternarize_weight(wide[name].weight)[0][: wq.shape[0], : wq.shape[1]], wq), name
 
 
 def test_export_without_padding_keeps_the_fallback_type(checkpoint_factory, tmp_path):

@@ -48,7 +48,7 @@ from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
-from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, EncodedTensor, encode_float, quantize_roundtrip
+from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, LARGEST_CODE, EncodedTensor, encode_float, quantize_roundtrip
 from wrinklefree_core.export.gguf_writer import (
     GGUFExportReport,
     TensorRecord,
@@ -190,8 +190,7 @@ def _check_factor(t: torch.Tensor, name: str, qtype: GGMLQuantizationType) -> No
     peak = float(t.abs().max()) if t.numel() else 0.0
     if qtype == T.F16 and peak > _FP16_MAX:
         raise ExportError(f"{name} has values up to {peak:.3g}, beyond fp16's range. Export the adapter as f32.")
-    # A block's fp16 scale is its absmax over the largest code: 127 (Q8_0), 16 (Q5_0), 8 (Q4_0).
-    largest_code = {T.Q8_0: 127, T.Q5_0: 16, T.Q4_0: 8}.get(qtype)
+    largest_code = LARGEST_CODE.get(qtype)
     if largest_code and peak / largest_code > _FP16_MAX:
         raise ExportError(
             f"{name} has values up to {peak:.3g}, which need a {qtype.name} block scale beyond fp16's range. "

@@ -92,6 +92,8 @@ class GGUFExportReport:
     lora: LoraExportReport | None = None
     # The widths the file was padded to so that every ternary matrix is TQ (None: written as is).
     padding: PaddingPlan | None = None
+    # Weights of the checkpoint the file holds, padding zeros not counted (bits per weight divide by it).
+    weights: int = 0
 
     def types(self) -> dict[str, str]:
         """GGUF tensor name -> type name."""
@@ -253,7 +255,10 @@ def build_report(prep: PreparedGGUF, out: Path) -> GGUFExportReport:
     encoded = prep.encoded
     file_bytes = out.stat().st_size
     data_bytes = sum(_pad(e.nbytes) for _, e in encoded)
-    f16_data = sum(_pad(type_nbytes(e.shape, T.F16 if len(e.shape) > 1 else T.F32)) for _, e in encoded)
+    # The all-F16 size and the weight count are the checkpoint's own: padding zeros are cost, not weights.
+    original = prep.source.original.state_dict()
+    shapes = [tuple(original[spec.hf_name].shape) for spec in prep.layout.tensors]
+    f16_data = sum(_pad(type_nbytes(shape, T.F16 if len(shape) > 1 else T.F32)) for shape in shapes)
     records = [
         TensorRecord(spec.hf_name, gguf_name, enc.ggml_type.name, enc.shape, enc.nbytes)
         for spec, (gguf_name, enc) in zip(prep.layout.tensors, encoded)
@@ -267,6 +272,7 @@ def build_report(prep: PreparedGGUF, out: Path) -> GGUFExportReport:
         pre_tokenizer=prep.vocab.pre,
         notes=list(prep.vocab.notes),
         padding=prep.source.padded.plan if prep.source.padded else None,
+        weights=sum(math.prod(shape) for shape in shapes),
     )
 
 
@@ -295,7 +301,7 @@ def format_summary(report: GGUFExportReport) -> str:
     counts: dict[str, int] = {}
     for t in report.tensors:
         counts[t.ggml_type] = counts.get(t.ggml_type, 0) + 1
-    weights = sum(math.prod(t.shape) for t in report.tensors)
+    weights = report.weights or sum(math.prod(t.shape) for t in report.tensors)
     adapter = report.lora.file_bytes if report.lora is not None else 0
     total = report.file_bytes + adapter
     size = _mib(report.file_bytes) + (f" + LoRA adapter {_mib(adapter)} = {_mib(total)}" if adapter else "")

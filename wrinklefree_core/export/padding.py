@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrinklefree_core.export.gguf_layout import ExportError
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import BitLinearLRC
 from wrinklefree_core.models.settings import BitNetSettings
@@ -59,6 +60,8 @@ from wrinklefree_core.models.subln import SubLN
 from wrinklefree_core.quant.reference import ternarize_weight, weight_scale
 
 BLOCK = 256  # llama.cpp's TQ1_0/TQ2_0 block along a row's input (QK_K)
+# A padded ternary scale may differ from the original's by a few fp32 ulps where no latent hits it.
+MAX_SCALE_ERROR = 5e-7
 # llama.cpp graphs that shape wq/wo as [n_embd, n_embd]: n_head * head_dim must equal n_embd.
 SAME_WIDTH_ARCHS = frozenset({"bitnet", "qwen2"})
 # Weights of the embedding (and an untied head) cost about 4x a ternary weight at the default types.
@@ -131,7 +134,7 @@ def plan_padding(
     with `active` False when the model needs none.
     """
     if n_head % n_head_kv:
-        raise ValueError(f"{n_head} query heads do not split into {n_head_kv} KV groups")
+        raise ExportError(f"{n_head} query heads do not split into {n_head_kv} KV groups; export with export.pad=false.")
     group = n_head // n_head_kv
     f_to = _up(n_ff)
     best: PaddingPlan | None = None
@@ -243,7 +246,7 @@ def _axes(name: str, plan: PaddingPlan) -> tuple[torch.Tensor | None, ...]:
         "gate_proj": (f, e), "up_proj": (f, e), "down_proj": (e, f),
     }
     if proj not in out_in:
-        raise ValueError(f"padding does not know the parameter '{name}'")
+        raise ExportError(f"Padding does not know the parameter '{name}'; export with export.pad=false.")
     rows, cols = out_in[proj]
     if kind == "weight":
         return rows, cols
@@ -305,7 +308,9 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
     eps = float(model.config.rms_norm_eps) * plan.ratio_embd
     scales = _output_scales(model, plan)
     ternary = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
-    padded = copy.deepcopy(model)
+    # fp32 whatever the checkpoint's dtype: a bf16 latent cannot carry the exact scale, nor bf16 the
+    # rescaled gains (the GGUF stores norms as F32 anyway).
+    padded = copy.deepcopy(model).float()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     worst, checked = 0.0, 0
     with torch.no_grad():
@@ -321,11 +326,15 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
                     if index is not None:
                         wq = _take(wq, dim, index)
                 target = float(np.float32(float(s) * c))
-                value, got = latent_for(wq, target, param.dtype)
+                value, got = latent_for(wq, target, torch.float32)
                 back, s_back = ternarize_weight(value)
-                if not torch.equal(back, wq):
-                    raise AssertionError(f"padding changed the ternary values of {name}: a bug")
-                worst = max(worst, abs(float(s_back) - target) / target)
+                error = abs(float(s_back) - target) / target
+                if not torch.equal(back, wq) or error > MAX_SCALE_ERROR:
+                    raise ExportError(
+                        f"Padding could not keep the ternary weights of {name} exact (scale off by {error:.3g}); "
+                        "export with export.pad=false, and report this."
+                    )
+                worst = max(worst, error)
                 checked += 1
             else:
                 value = param.detach()
@@ -333,10 +342,10 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
                     if index is not None:
                         value = _take(value, dim, index)
                 value = value * _gain(name, plan)
-                if kind in ("bias", "lrc_U"):
+                if kind != "lrc_V":  # c (1 off the projections in `scales`) scales what a matrix writes
                     value = value * c
             owner = padded.get_submodule(module_name)
-            setattr(owner, kind, nn.Parameter(value.to(param.dtype).contiguous(), requires_grad=param.requires_grad))
+            setattr(owner, kind, nn.Parameter(value.float().contiguous(), requires_grad=param.requires_grad))
         if tied:
             padded.lm_head.weight = padded.model.embed_tokens.weight
     _set_shapes(padded, plan, eps)

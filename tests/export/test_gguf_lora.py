@@ -356,26 +356,25 @@ def test_factors_beyond_fp16_are_refused_for_an_f16_adapter(checkpoint_factory, 
     write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
 
 
-def test_factors_whose_q4_0_scale_overflows_are_refused(checkpoint_factory, tmp_path):
-    """6e5 needs a Q8_0 scale of 4.7e3 but a Q4_0 one of 7.5e4 (largest code 8), beyond fp16."""
-
+@pytest.mark.parametrize(
+    "value,refused,holds",
+    [
+        # 6e5 needs a Q4_0 block scale of 7.5e4 (largest code 8), beyond fp16; Q8_0's is 4.7e3.
+        (6e5, "q4_0", "q8_0"),
+        # 1e7 needs a Q8_0 block scale of 7.9e4 (largest code 127); f32 holds anything.
+        (1e7, "q8_0", "f32"),
+    ],
+)
+def test_factors_whose_block_scale_overflows_are_refused(checkpoint_factory, tmp_path, value, refused, holds):
     def blow_up(model):
-        lrc_modules(model)[3][1].lrc_U[0, 0] = 6e5
+        lrc_modules(model)[3][1].lrc_U[0, 0] = value
 
     ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "big", "svd", blow_up)
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match="Q4_0 block scale beyond fp16's range. Export the adapter as f32"):
-        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q4_0")
-    write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type="q8_0")
-
-
-def test_factors_whose_q8_0_scale_overflows_are_refused(checkpoint_factory, tmp_path):
-    def blow_up(model):
-        lrc_modules(model)[3][1].lrc_U[0, 0] = 1e7
-
-    ckpt = _with_adapters(checkpoint_factory("tiny_llama", "bitdistill"), tmp_path / "huge", "svd", blow_up)
-    with pytest.raises(ExportError, match="Q8_0 block scale beyond fp16's range. Export the adapter as f32"):
-        write_lora_gguf(ckpt, tmp_path / "out" / "m.gguf", tmp_path / "out" / "m.lora.gguf", cfg(""), lora_type="q8_0")
+    with pytest.raises(ExportError, match=f"{refused.upper()} block scale beyond fp16's range. Export the adapter as f32"):
+        write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type=refused)
+    assert not out.exists() or list(out.iterdir()) == []
+    write_lora_gguf(ckpt, out / "m.gguf", out / "m.lora.gguf", cfg(""), lora_type=holds)
 
 
 def _rewrite_adapter(src: Path, dst: Path, drop: set[str]) -> None:

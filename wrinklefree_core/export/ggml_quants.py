@@ -20,7 +20,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 T = GGMLQuantizationType
-K_QUANTS = frozenset({T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+K_QUANTS = frozenset({T.Q4_K, T.Q5_K, T.Q6_K})  # the ones export.float_type offers
 K_BLOCK = 256
 
 

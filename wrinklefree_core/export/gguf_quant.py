@@ -36,8 +36,8 @@ FLOAT_TYPES = {"f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q5_k
 TQ_BLOCK = 256
 # Block types of 32 values along a row with one fp16 scale (plus a minimum for none of these): gguf-py encodes them.
 BLOCK_32_TYPES = frozenset({T.Q8_0, T.Q5_0, T.Q4_0})
-# A block's fp16 scale is its absmax over the largest code: values beyond fp16_max * this overflow it.
-LARGEST_CODE = {T.Q8_0: 127, T.Q5_0: 16, T.Q4_0: 8, T.Q6_K: 32, T.Q5_K: 31, T.Q4_K: 15}
+# A 32-block's fp16 scale is its absmax over the largest code: values beyond fp16_max * this overflow it.
+LARGEST_CODE = {T.Q8_0: 127, T.Q5_0: 16, T.Q4_0: 8}
 FALLBACK_BLOCK = 32
 _FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
 _FP16_MAX = float(np.finfo(np.float16).max)
@@ -162,7 +162,7 @@ def encode_float(tensor: torch.Tensor, qtype: GGMLQuantizationType, name: str) -
     arr = tensor.detach().float().numpy()
     if qtype in BLOCK_32_TYPES or qtype in ggml_quants.K_QUANTS:
         peak = float(np.abs(arr).max()) if arr.size else 0.0
-        if not np.isfinite(peak) or peak / LARGEST_CODE.get(qtype, 1) > _FP16_MAX:
+        if not np.isfinite(peak) or peak / LARGEST_CODE.get(qtype, 1) > _FP16_MAX:  # K-quants: fp16's range
             raise ExportError(f"{name} has values up to {peak:.3g}, beyond a {qtype.name} block scale. Export with float_type=f32.")
         block = FALLBACK_BLOCK if qtype in BLOCK_32_TYPES else ggml_quants.K_BLOCK
         if tensor.shape[-1] % block:

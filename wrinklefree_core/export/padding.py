@@ -193,24 +193,23 @@ def _take(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return out * (index >= 0).to(device=t.device, dtype=t.dtype).view(shape)
 
 
-def latent_for(wq: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-    """A latent weight whose ternarization is exactly (wq, scale): wq * v, with v walked by ulps until
-    the training rule's absmean gives `scale` bit for bit. Returns (weight, scale it gives)."""
+def latent_for(wq: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """A latent weight whose ternarization is (wq, scale): wq * v, with v walked by fp32 ulps until the
+    training rule's absmean gives `scale` bit for bit, or as close as 64 steps get."""
     nnz = int(torch.count_nonzero(wq))
     if nnz == 0:
-        return torch.zeros_like(wq, dtype=dtype), float(weight_scale(wq))
+        return torch.zeros_like(wq, dtype=dtype)
     target = np.float32(scale)
     v = np.float32(float(target) * wq.numel() / nnz)
-    best = (math.inf, v)
+    best_error, best_v = math.inf, v
     for _ in range(64):
-        got = np.float32(weight_scale(wq.to(dtype) * torch.tensor(float(v), dtype=dtype)).item())
-        best = min(best, (abs(float(got) - float(target)), v), key=lambda b: b[0])
+        got = np.float32(weight_scale(wq.to(dtype) * float(v)).item())
+        if abs(float(got) - float(target)) < best_error:
+            best_error, best_v = abs(float(got) - float(target)), v
         if got == target:
             break
         v = np.nextafter(v, np.float32(np.inf) if got < target else np.float32(0))
-    v = best[1]
-    w = wq.to(dtype) * torch.tensor(float(v), dtype=dtype)
-    return w, float(weight_scale(w))
+    return wq.to(dtype) * float(best_v)
 
 
 @dataclass
@@ -240,23 +239,16 @@ def _axes(name: str, plan: PaddingPlan) -> tuple[torch.Tensor | None, ...]:
         return (None,)
     if leaf == "sub_norm":
         return (q,) if ".o_proj." in name else (f,)
-    proj = leaf
     out_in = {
         "q_proj": (q, e), "k_proj": (kv, e), "v_proj": (kv, e), "o_proj": (e, q),
         "gate_proj": (f, e), "up_proj": (f, e), "down_proj": (e, f),
     }
-    if proj not in out_in:
-        raise ExportError(f"Padding does not know the parameter '{name}'; export with export.pad=false.")
-    rows, cols = out_in[proj]
-    if kind == "weight":
-        return rows, cols
-    if kind == "bias":
-        return (rows,)
-    if kind == "lrc_U":
-        return rows, None
-    if kind == "lrc_V":
-        return cols, None
-    raise ValueError(f"padding does not know the parameter '{name}'")
+    if leaf in out_in:
+        rows, cols = out_in[leaf]
+        by_kind = {"weight": (rows, cols), "bias": (rows,), "lrc_U": (rows, None), "lrc_V": (cols, None)}
+        if kind in by_kind:
+            return by_kind[kind]
+    raise ExportError(f"Padding does not know the parameter '{name}'; export with export.pad=false.")
 
 
 def _gain(name: str, plan: PaddingPlan) -> float:
@@ -308,9 +300,10 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
     eps = float(model.config.rms_norm_eps) * plan.ratio_embd
     scales = _output_scales(model, plan)
     ternary = {name: m for name, m in model.named_modules() if isinstance(m, BitLinear)}
-    # fp32 whatever the checkpoint's dtype: a bf16 latent cannot carry the exact scale, nor bf16 the
-    # rescaled gains (the GGUF stores norms as F32 anyway).
-    padded = copy.deepcopy(model).float()
+    # fp32 (fp64 for identity_error's float64 twin): a bf16 latent cannot carry the exact scale, nor
+    # bf16 the rescaled gains (the GGUF stores norms as F32 anyway).
+    work = torch.float64 if model.dtype == torch.float64 else torch.float32
+    padded = copy.deepcopy(model).to(work)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     worst, checked = 0.0, 0
     with torch.no_grad():
@@ -326,7 +319,7 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
                     if index is not None:
                         wq = _take(wq, dim, index)
                 target = float(np.float32(float(s) * c))
-                value, got = latent_for(wq, target, torch.float32)
+                value = latent_for(wq, target, work)
                 back, s_back = ternarize_weight(value)
                 error = abs(float(s_back) - target) / target
                 if not torch.equal(back, wq) or error > MAX_SCALE_ERROR:
@@ -345,12 +338,13 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
                 if kind != "lrc_V":  # c (1 off the projections in `scales`) scales what a matrix writes
                     value = value * c
             owner = padded.get_submodule(module_name)
-            setattr(owner, kind, nn.Parameter(value.float().contiguous(), requires_grad=param.requires_grad))
+            setattr(owner, kind, nn.Parameter(value.to(work).contiguous(), requires_grad=param.requires_grad))
         if tied:
             padded.lm_head.weight = padded.model.embed_tokens.weight
     _set_shapes(padded, plan, eps)
     padded_settings = settings.model_copy(update={"subln_eps": eps}) if settings.subln_eps is not None else settings
     return PaddedModel(padded.eval(), padded_settings, plan, checked, worst)
+
 
 # -- proof that padding changed nothing ------------------------------------------------------------
 
@@ -407,12 +401,11 @@ def identity_error(original: nn.Module, settings: BitNetSettings, plan: PaddingP
     the rescaled norm gains (~6e-8 each, the same as storing any checkpoint in fp32); that the file
     holds the fp32 padded model exactly is what the weight and llama.cpp checks show.
     """
-    wide = original.double() if original.dtype == torch.float64 else copy.deepcopy(original).double()
+    wide = copy.deepcopy(original).double()
     logits = []
     for model in (wide, pad_model(wide, settings, plan).model):
         with torch.no_grad(), float_activations(model):
             logits.append(model(ids.view(1, -1)).logits[0])
-    del wide
     return float(torch.linalg.norm(logits[1] - logits[0]) / torch.linalg.norm(logits[0]).clamp(min=1e-300))
 
 

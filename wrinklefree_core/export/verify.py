@@ -370,14 +370,15 @@ def _model_for_file(gguf_path: Path, original: nn.Module, settings) -> ExportMod
 PADDING_MAX_REL_ERROR = 1e-6
 
 
-def _check_padding(source: ExportModel, settings, ids: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
-    """That the padded model is the checkpoint's model: exact ternary values and scales, the same function."""
+def _check_padding(
+    source: ExportModel, settings, ids: torch.Tensor, exact: np.ndarray
+) -> tuple[dict[str, Any], list[str]]:
+    """That the padded model is the checkpoint's model (whose logits are `exact`): exact ternary values
+    and scales, the same function."""
     padded = source.padded
     identity = identity_error(source.original, settings, padded.plan, ids)
     with torch.no_grad():
-        quantized = compare_logits(
-            source.model(ids.view(1, -1)).logits[0].float().numpy(), source.original(ids.view(1, -1)).logits[0].float().numpy()
-        )
+        quantized = compare_logits(source.model(ids.view(1, -1)).logits[0].float().numpy(), exact)
     summary = {
         "plan": padded.plan.as_dict(),
         "ternary_matrices_exact": padded.ternary_checked,
@@ -417,10 +418,13 @@ def _run_checks(
     hf_ids = list(tokenizer(cfg.verify_prompt).input_ids)
     ids = torch.tensor(hf_ids)
 
+    with torch.no_grad():  # the checkpoint's own model: a padded file is compared with what it pads
+        exact = original(ids.view(1, -1)).logits[0].float().numpy()
+
     failures: list[str] = []
     lora, extra = None, {}
     if source.padded is not None:
-        extra["padding"], padding_failures = _check_padding(source, settings, ids)
+        extra["padding"], padding_failures = _check_padding(source, settings, ids, exact)
         failures += padding_failures
     if has_lrc:
         plan = plan_lora(model, layout, _adapter_type_of(lora_path))
@@ -440,8 +444,6 @@ def _run_checks(
     tensors = read_gguf_tensors(gguf_path, layout)
     extra["weights"], weight_failures = check_weights(tensors, model, layout)
     failures += weight_failures
-    with torch.no_grad():  # the checkpoint's own model: a padded file is compared with what it pads
-        exact = original(ids.view(1, -1)).logits[0].float().numpy()
     entries, logit_failures, ref = _check_logits(run, model, tensors, ids, exact, cfg, lora)
     failures += logit_failures
 

@@ -6,7 +6,8 @@
       lrc      -> <out_root>/lrc/<key>
       distill  -> <out_root>/distill/<key>
       export   -> <out_root>/export/<key>/<model>.gguf
-    eval: teacher, naive conversion, train, lrc, distill (PyTorch), export (llama.cpp), same rows
+    eval: teacher, naive conversion, train, lrc, distill (PyTorch), export (llama.cpp), same rows,
+          beside llama.cpp's quantization of the teacher (teacher-f16/-q4_0/-q2_k: size, tok/s, verdict)
 
 Design choices:
 - Stages run one after another: each consumes the previous output, and on a small machine a
@@ -31,10 +32,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.params import PipelineParams, SmokePipelineParams, describe
-from flows.report import publish, table_rows
-from flows.report import text as report_text
+from flows.report import publish
 from tasks import mlflow_runs
-from tasks.eval_task import call_eval
+from tasks.eval_task import call_eval, call_speed, eval_config, make_baselines
+from wrinklefree_core.evaluation.compare import add_sizes
+from wrinklefree_core.evaluation.ptq import baseline_label
+from wrinklefree_core.evaluation.value_table import table_rows, verdict
+from wrinklefree_core.evaluation.value_table import text as report_text
 from tasks.stage_plan import STAGES, normalize_root
 from tasks.stage_task import call_stage
 
@@ -71,14 +75,36 @@ def run_stages(params: PipelineParams, parent_run_id: str | None) -> dict[str, d
 
 
 def run_evals(params: PipelineParams, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Held-out perplexity of the teacher and of every stage output, on the same rows."""
-    targets: list[tuple[str, str]] = []
+    """The value table's rows: the teacher, llama.cpp's quantization of it (eval.baselines) and every stage
+    output, scored on the same rows; the GGUFs also sized and timed in llama.cpp together."""
+    overrides = params.overrides_for("eval")
+    targets: list[tuple[str, str, str | None]] = []
     teacher = teacher_uri(results["convert"])
     if teacher:
-        targets.append(("teacher", teacher))
-    targets += [(EVAL_LABELS[stage], results[stage]["uri"]) for stage in STAGES]
-    overrides = params.overrides_for("eval")
-    return [call_eval(label, uri, overrides, params.eval_rows, params.refresh) for label, uri in targets]
+        targets.append(("teacher", teacher, None))
+        baselines = list(eval_config(overrides).eval.baselines)
+        if baselines:
+            for ptq_type, path in make_baselines(teacher, baselines, overrides).items():
+                targets.append((baseline_label(ptq_type), path, ptq_type))
+    targets += [(EVAL_LABELS[stage], results[stage]["uri"], None) for stage in STAGES]
+    evals = []
+    for label, uri, ptq_type in targets:
+        result = call_eval(label, uri, overrides, params.eval_rows, params.refresh)
+        if ptq_type:
+            result["baseline"] = ptq_type
+        evals.append(result)
+    add_sizes(evals)
+    files = {e["label"]: (e["path"], _adapter(e["path"])) for e in evals if e["kind"] == "gguf"}
+    for label, speed in call_speed(files, overrides, params.refresh).items():
+        next(e for e in evals if e["label"] == label)["speed"] = speed
+    return evals
+
+
+def _adapter(gguf: str) -> str | None:
+    from wrinklefree_core.export.gguf_lora import lora_path_for
+
+    lora = lora_path_for(gguf)
+    return str(lora) if lora.is_file() else None
 
 
 def _write_summary(out_root: str, summary: dict[str, Any]) -> None:
@@ -105,7 +131,8 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
         results = run_stages(params, parent)
         evals = run_evals(params, results)
         rows = table_rows(evals)
-        publish(rows, evals, params.tracking_uri, parent)
+        line = verdict(evals, EVAL_LABELS["export"])
+        publish(rows, evals, line, params.tracking_uri, parent)
         summary = {
             "flow_run_id": str(flow_run.id or ""),
             "mlflow_run_id": parent,
@@ -113,6 +140,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
             "params": describe(params),
             "stages": results,
             "eval": rows,
+            "verdict": line,
         }
         _write_summary(root, summary)
         status = "FINISHED"
@@ -209,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     export = summary["stages"].get("export", {})
     gguf = Path(str(export.get("uri", "")))
     lora = gguf.with_name(f"{gguf.stem}.lora.gguf")
-    print("\nheld-out perplexity (x teacher: overall perplexity over the full-precision teacher's)")
+    print("\nheld-out perplexity (x teacher: overall perplexity over the full-precision teacher's), size on disk with the")
+    print("adapter counted, and llama.cpp speed (all GGUFs timed together; teacher-*: llama.cpp's quantization of the teacher)")
     print(report_text(summary["eval"]))
+    print(summary["verdict"])
     print(f"\nGGUF: {gguf}" + (f" (+ LoRA adapter {lora.name})" if lora.is_file() else ""))
     print(f"verification: {gguf.parent / VERIFICATION_NAME} (llama.cpp's own log: {gguf.parent / LLAMA_LOG_NAME})")
     print(f"per-tensor export table: {gguf.parent / REPORT_NAME}")

@@ -6,7 +6,7 @@
     distill   training (training=bitdistill_full), data, compute
     export    export, compute
     common    gcs, teacher: the settings every stage and the evaluation share
-    eval      data, seq_len, batch_size: the held-out rows of the eval table
+    eval      data, seq_len, batch_size: the held-out rows of the eval table; eval: baselines and speed
 
 Each config field appears in one form only, so a form that submits every field (the Prefect UI)
 never has two values for one setting. Every class adds `overrides` (raw `wrinklefree` overrides,
@@ -47,6 +47,9 @@ ExportSection = section("export", "export", "export · export", "Export format, 
 ExportCompute = section("export", "compute", "export · compute", _COMPUTE)
 CommonGCS = section("train", "gcs", "common · gcs", "Google Cloud Storage client settings and bucket (gs:// artifacts, SkyPilot mounts).")
 EvalData = section("eval", "data", "eval · data", "Held-out sources of the eval table (their validation split).")
+EvalSection = section(
+    "eval", "eval", "eval · baselines and speed", "llama.cpp's quantization of the teacher beside the GGUF, and how every GGUF is timed."
+)
 
 
 class ConvertParams(StageSections):
@@ -105,6 +108,7 @@ class EvalParams(StageSections):
 
     PATHS: ClassVar[dict[str, str]] = {"seq_len": "training.seq_len", "batch_size": "training.batch_size"}
     data: EvalData
+    eval: EvalSection
     seq_len: int = Field(config_value(_EVAL, "training.seq_len"), gt=0, title="eval · seq_len", description="Tokens per held-out row.")
     batch_size: int = Field(config_value(_EVAL, "training.batch_size"), gt=0, title="eval · batch_size", description="Rows per forward pass.")
 

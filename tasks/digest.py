@@ -28,7 +28,11 @@ from wrinklefree_core.stages.manifest import MANIFEST_NAME
 
 # Bump when the meaning of a cached result changes without a package version bump.
 KEY_VERSION = 1
-_NOT_IN_KEY = ("out", "tracking", "overwrite")
+# `eval` only says how artifacts are scored afterwards (the evaluation keys its own results).
+_NOT_IN_KEY = ("out", "tracking", "overwrite", "eval")
+# Per-stage versions, bumped when one stage's output gains content its consumers rely on (export 2: the
+# weight count and bits per weight in stage.json). A stage not listed keeps the key it always had.
+STAGE_VERSIONS = {"export": 2}
 
 
 def _package_version() -> str:
@@ -94,6 +98,8 @@ def stage_key(stage: str, cfg: RunConfig, input_digest: str | None, source_diges
         "source": source_digest,
         "out_root": out_root,
     }
+    if stage in STAGE_VERSIONS:
+        payload["stage_version"] = STAGE_VERSIONS[stage]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -4,7 +4,9 @@ Commands:
   convert   HF model -> BitNet checkpoint folder (out=DIR)
   export    checkpoint=DIR format=gguf|hf out=FILE.gguf|DIR (GGUF verified in llama.cpp)
   train     BitNet checkpoint or model (+ teacher) -> trained BitNet checkpoint (out=DIR; training=RECIPE)
-  eval      held-out perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder)
+  eval      held-out perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder);
+            checkpoint=FILE.gguf: scored in llama.cpp beside llama.cpp's own quantization of the teacher,
+            with MiB, bits per weight, tok/s and a one-line verdict (eval.* settings)
   config    print the resolved config of a stage: `wrinklefree config train training=unified ...`
   options   list the options of every config group
 
@@ -112,6 +114,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from wrinklefree_core.training.evaluate import run_eval
 
     cfg = compose("eval", args.overrides)
+    if cfg.checkpoint and cfg.checkpoint.endswith(".gguf"):
+        return _eval_gguf(cfg, args.json)
     local_cfg, _ = local_inputs(cfg)
     result = run_eval(local_cfg)
     if cfg.checkpoint:
@@ -122,6 +126,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"{result['checkpoint']} ({result['kind']}), sequences of {result['seq_len']} tokens:")
         for name, r in result["sources"].items():
             print(f"  {name}: perplexity {r['perplexity']:.3f} (loss {r['loss']:.4f} over {int(r['tokens']):,} tokens)")
+    return 0
+
+
+def _eval_gguf(cfg, as_json: bool) -> int:
+    from pathlib import Path
+
+    from wrinklefree_core.evaluation.compare import compare_gguf
+    from wrinklefree_core.evaluation.speed import machine
+    from wrinklefree_core.evaluation.value_table import table_rows, text, verdict
+
+    gguf = Path(cfg.checkpoint).expanduser()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf} does not exist: pass checkpoint=FILE.gguf, a file written by `wrinklefree export`")
+    evals = compare_gguf(gguf, cfg)
+    line = verdict(evals, evals[-1]["label"])
+    if as_json:
+        print(json.dumps({"evals": evals, "verdict": line, "machine": machine()}))
+        return 0
+    speed = cfg.eval.speed
+    print(f"{gguf}: held-out perplexity on sequences of {cfg.training.seq_len} tokens (x teacher: over the full-precision teacher's)")
+    if speed.enabled:
+        print(f"speed: llama.cpp, {speed.threads} thread(s), {speed.prompt_tokens}-token prompt, {speed.decode_tokens} decode steps, "
+              f"median of {speed.rounds}, on {machine()}")
+    print(text(table_rows(evals)))
+    print(line)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.data.corpora import CorpusError
 from wrinklefree_core.data.documents import DataSourceError
+from wrinklefree_core.evaluation.ptq import BaselineError
 from wrinklefree_core.export.gguf_layout import ExportError
 from wrinklefree_core.export.hf_export import HFExportError
 from wrinklefree_core.export.verify import VerificationError
@@ -31,6 +32,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TrainingDivergedError,
     ResumeError,
     TeacherError,
+    BaselineError,
     FileExistsError,
     FileNotFoundError,
 )

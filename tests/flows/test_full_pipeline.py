@@ -66,9 +66,23 @@ def test_pipeline_runs_end_to_end(smoke_run, out_root):
         assert manifest["config"]["checkpoint"] == stages[prev]["uri"], stage
     # One eval row per artifact, the GGUF scored in llama.cpp close to its PyTorch checkpoint.
     rows = {r["artifact"]: r for r in smoke_run["eval"]}
-    assert list(rows) == ["teacher", "naive-conversion", "train-unified", "lrc", "distill", "export-gguf"]
+    baselines = ["teacher-f16", "teacher-q4_0", "teacher-q2_k"]
+    assert list(rows) == ["teacher", *baselines, "naive-conversion", "train-unified", "lrc", "distill", "export-gguf"]
     assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows.values())
     assert rows["export-gguf"]["runtime"] == "llama.cpp"
+    # The value columns: size with the adapter counted, bits per weight over the real weights, llama.cpp speed.
+    export = stages["export"]["metrics"]
+    lora = gguf.parent / "tiny_llama.lora.gguf"
+    assert rows["export-gguf"]["MiB"] == round((gguf.stat().st_size + lora.stat().st_size) / 2**20, 2)
+    assert export["total_bytes"] == gguf.stat().st_size + lora.stat().st_size
+    assert rows["export-gguf"]["bits/weight"] == round(8 * export["total_bytes"] / export["weights"], 2)
+    for label in [*baselines, "export-gguf"]:
+        assert rows[label]["decode tok/s"] > 0 and rows[label]["prompt tok/s"] > 0, label
+    for label in ("teacher", "naive-conversion", "distill"):
+        assert rows[label]["MiB"] == "" and rows[label]["decode tok/s"] == "", label
+    assert rows["teacher-f16"]["ppl"] == pytest.approx(rows["teacher"]["ppl"], rel=2e-3)  # bound: tests/evaluation/test_compare.py
+    verdict = smoke_run["verdict"]
+    assert verdict.startswith("verdict: export-gguf ") and all(f"vs {b}:" in verdict for b in baselines)
     assert rows["export-gguf"]["ppl"] == pytest.approx(rows["distill"]["ppl"], rel=0.05)
     # Scored on the two held-out domains the pipeline never trains on (it trains on python_docs).
     assert {"ppl shakespeare", "ppl licenses"} <= set(rows["teacher"])
@@ -88,6 +102,15 @@ def test_stage_runs_nest_under_pipeline_run(smoke_run):
     assert parent.data.tags["prefect.flow_run_id"] == smoke_run["flow_run_id"]
     assert {"eval_table.md", "eval.json"} <= artifact_names(parent_id)
     assert math.isfinite(parent.data.metrics["eval/export-gguf/ppl"])
+    rows = {r["artifact"]: r for r in smoke_run["eval"]}
+    for label in ("teacher-q4_0", "export-gguf"):  # the table's figures, as metrics
+        assert parent.data.metrics[f"eval/{label}/mib"] == pytest.approx(rows[label]["MiB"], abs=0.005)
+        assert parent.data.metrics[f"eval/{label}/decode_tps"] == pytest.approx(rows[label]["decode tok/s"], abs=0.05)
+        assert f"eval/{label}/bits_per_weight" in parent.data.metrics and f"eval/{label}/prompt_tps" in parent.data.metrics
+    assert "eval/teacher/mib" not in parent.data.metrics
+    assert parent.data.tags["eval.verdict"] == smoke_run["verdict"]
+    table = Path(client().download_artifacts(parent_id, "eval_table.md"))
+    assert table.read_text().rstrip().endswith(smoke_run["verdict"])
     for stage, result in smoke_run["stages"].items():
         run = client().get_run(result["mlflow_run_id"])
         assert run.data.tags[PARENT_TAG] == parent_id, stage

@@ -12,6 +12,7 @@ from pydantic import Field
 from wrinklefree_core.config.base import Section
 from wrinklefree_core.config.compute import ComputeConfig
 from wrinklefree_core.config.data import DataConfig
+from wrinklefree_core.config.eval import EvalConfig
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.config.model import ModelConfig
 from wrinklefree_core.config.storage import GCSConfig
@@ -38,6 +39,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Training and held-out data.")
     compute: ComputeConfig = Field(default_factory=ComputeConfig, description="Where and on what the stage runs.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export format, GGUF types and verification.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="What a GGUF is scored and timed against (`wrinklefree eval`, the pipeline's table).")
     gcs: GCSConfig = Field(
         default_factory=GCSConfig, description="Google Cloud Storage for gs:// artifacts: client settings and default output bucket."
     )

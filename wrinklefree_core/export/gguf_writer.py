@@ -348,3 +348,27 @@ def format_report(report: GGUFExportReport) -> str:
 
         lines += ["", format_lora_report(report.lora)]
     return "\n".join(lines)
+
+
+def write_full_precision_gguf(hf_folder: str | os.PathLike, out_path: str | os.PathLike, float_type: str = "f32") -> GGUFExportReport:
+    """Write an unconverted HF model (a teacher) as a GGUF of its own llama.cpp arch, every matrix `float_type`.
+
+    This is the file a llama.cpp user starts from (convert_hf_to_gguf's output): llama.cpp's own
+    quantizer turns it into the baselines a ternary export is compared with (evaluation/ptq.py).
+    Same layout rules, tokenizer metadata and atomic write as a BitNet export.
+    """
+    from wrinklefree_core.models.sources import load_hf_model
+
+    folder = Path(hf_folder)
+    out = Path(out_path)
+    check_output_path(out)
+    model, _ = load_hf_model(folder)
+    settings = BitNetSettings(subln="none")  # no BitLinear in the model: every projection is a float matrix
+    cfg = ExportConfig(float_type=float_type, pad=False, verify=False)
+    layout = plan_layout(model, settings)
+    vocab = read_vocab(folder, model.config, layout.dims.n_vocab)
+    with torch.no_grad():
+        encoded = encode_tensors(model, layout, cfg)
+    prep = PreparedGGUF(model, settings, layout, vocab, encoded, folder.resolve().name, ExportModel(model, model, settings))
+    write_atomically([(out, lambda tmp: write_prepared(prep, tmp, cfg))])
+    return build_report(prep, out)

@@ -65,6 +65,10 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
         table.write_text(format_report(report) + "\n", encoding="utf-8")
         summary = format_summary(report) + f"\n  per-tensor table: {table}"
         metrics.update(file_bytes=report.file_bytes, f16_bytes=report.f16_bytes, size_vs_f16=report.file_bytes / report.f16_bytes)
+        # What a user ships is base + adapter; bits per weight divide it by the checkpoint's weights (padding not counted).
+        lora_bytes = report.lora.file_bytes if report.lora is not None else 0
+        metrics.update(lora_bytes=lora_bytes, total_bytes=report.file_bytes + lora_bytes, weights=report.weights)
+        metrics["bits_per_weight"] = 8 * metrics["total_bytes"] / max(1, report.weights)
         if verification is not None:
             for key, value in verification.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -54,7 +54,10 @@ def torch_perplexity(folder: Path, cfg: RunConfig, max_sequences: int | None) ->
 def gguf_source_checkpoint(gguf: Path) -> Path:
     """The checkpoint a GGUF was exported from, read from the stage.json beside it."""
     if not (gguf.parent / MANIFEST_NAME).is_file():
-        raise FileNotFoundError(f"{gguf.parent / MANIFEST_NAME} not found: cannot tell which tokenizer {gguf.name} was exported with")
+        raise FileNotFoundError(
+            f"{gguf.parent / MANIFEST_NAME} not found: cannot tell which checkpoint (tokenizer, teacher) {gguf.name} was "
+            "exported from; evaluate the GGUF in the folder `wrinklefree export` wrote it to, beside its stage.json"
+        )
     source = read_manifest(gguf.parent).inputs.get("checkpoint")
     if not source or not Path(source).is_dir():
         raise FileNotFoundError(f"the checkpoint {gguf.name} was exported from ({source}) is not available here")

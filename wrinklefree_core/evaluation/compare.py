@@ -1,0 +1,70 @@
+"""One GGUF beside the user's alternative: `wrinklefree eval checkpoint=FILE.gguf`.
+
+    teacher (PyTorch) | teacher-f16, -q4_0, -q2_k (llama.cpp's quantizer) | the GGUF (+ adapter)
+    each: held-out perplexity on the same rows; the GGUFs: MiB, bits/weight, tok/s timed together
+
+The teacher is `teacher=` when given, else the source model of the checkpoint the GGUF was exported
+from (the stage.json chain). The pipeline builds the same table from cached Prefect tasks
+(flows/full_pipeline.py); both use these functions, so the numbers mean the same thing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.evaluation.perplexity import evaluate_local, gguf_source_checkpoint
+from wrinklefree_core.evaluation.ptq import baseline_label, ptq_files
+from wrinklefree_core.evaluation.size import gguf_size
+from wrinklefree_core.evaluation.speed import measure_speed
+from wrinklefree_core.stages.manifest import read_manifest
+
+
+def teacher_of(gguf: Path, cfg: RunConfig) -> Path:
+    """The full-precision teacher to compare `gguf` with: `teacher=`, else the exported checkpoint's source model."""
+    from wrinklefree_core.training.inputs import teacher_path
+
+    inputs = read_manifest(gguf_source_checkpoint(gguf)).inputs if not cfg.teacher else {}
+    return teacher_path(cfg, inputs)
+
+
+def add_sizes(evals: list[dict[str, Any]]) -> None:
+    """Attach `size` to every GGUF row (in place)."""
+    for e in evals:
+        if e["kind"] == "gguf":
+            e["size"] = gguf_size(e["path"])
+
+
+def add_speeds(evals: list[dict[str, Any]], cfg: RunConfig) -> None:
+    """Time every GGUF row in one run and attach `speed` (in place); nothing when eval.speed is off."""
+    from wrinklefree_core.export.gguf_lora import lora_path_for
+
+    ggufs = [e for e in evals if e["kind"] == "gguf"]
+    if not cfg.eval.speed.enabled or not ggufs:
+        return
+    files = {}
+    for e in ggufs:
+        lora = lora_path_for(e["path"])
+        files[e["label"]] = (Path(e["path"]), lora if lora.is_file() else None)
+    for label, speed in measure_speed(files, cfg.eval.speed).items():
+        next(e for e in ggufs if e["label"] == label)["speed"] = speed
+
+
+def _scored(label: str, path: Path, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
+    result = evaluate_local(path, cfg, cfg.eval.max_sequences)
+    result.update(label=label, uri=str(path), path=str(path), **extra)
+    return result
+
+
+def compare_gguf(gguf: str | Path, cfg: RunConfig, label: str | None = None) -> list[dict[str, Any]]:
+    """Rows for the value table: the teacher, its llama.cpp baselines (cfg.eval.baselines), then `gguf`."""
+    gguf = Path(gguf)
+    teacher = teacher_of(gguf, cfg)
+    evals = [_scored("teacher", teacher, cfg)]
+    for ptq_type, path in ptq_files(teacher, list(cfg.eval.baselines)).items():
+        evals.append(_scored(baseline_label(ptq_type), path, cfg, baseline=ptq_type))
+    evals.append(_scored(label or gguf.name, gguf, cfg))
+    add_sizes(evals)
+    add_speeds(evals, cfg)
+    return evals

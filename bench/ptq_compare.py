@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ptq", nargs="+", default=["q4_0", "q2_k"], choices=sorted(FTYPES))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1], help="thread counts, one table each")
     ap.add_argument("--tokens", type=int, default=64, help="decode steps per timed run")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--prompt-length", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
     from wrinklefree_core.config import compose
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     width = max(28, *(len(k) for k in files))
     print(f"machine: {machine()}; ratios against {ref}")
     for threads in args.threads:
-        cfg = SpeedConfig(threads=threads, prompt_tokens=args.prompt_tokens, decode_tokens=args.tokens, rounds=args.rounds)
+        cfg = SpeedConfig(threads=threads, prompt_length=args.prompt_length, decode_steps=args.tokens, rounds=args.rounds)
         speeds = measure_speed(files, cfg)
-        print(f"\n{threads} thread(s), {args.prompt_tokens}-token prompt, {args.tokens} decode steps, median of {args.rounds}")
+        print(f"\n{threads} thread(s), {args.prompt_length}-token prompt, {args.tokens} decode steps, median of {args.rounds}")
         print(f"{'file':{width}} {'MiB':>8} {'bits/w':>7} {'size x':>7} {'prompt tok/s':>13} {'decode tok/s':>13} {'decode x':>9}")
         for k in files:
             s = speeds[k]

@@ -147,7 +147,7 @@ def _eval_gguf(cfg, as_json: bool) -> int:
     speed = cfg.eval.speed
     print(f"{gguf}: held-out perplexity on sequences of {cfg.training.seq_len} tokens (x teacher: over the full-precision teacher's)")
     if speed.enabled:
-        print(f"speed: llama.cpp, {speed.threads} thread(s), {speed.prompt_tokens}-token prompt, {speed.decode_tokens} decode steps, "
+        print(f"speed: llama.cpp, {speed.threads} thread(s), {speed.prompt_length}-token prompt, {speed.decode_steps} decode steps, "
               f"median of {speed.rounds}, on {machine()}")
     print(text(table_rows(evals)))
     print(line)

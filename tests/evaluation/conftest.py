@@ -1,7 +1,7 @@
 """Fixtures of the evaluation tests: a private cache (the baselines are built there) and tiny teachers.
 
-`eval_env` (session, autouse): a private WRINKLEFREE_CACHE, so the llama.cpp baselines made here
-start from nothing and never reuse another session's files.
+`eval_env` (session, autouse): a private WRINKLEFREE_CACHE (and nothing else), so the llama.cpp
+baselines made here start from nothing and never reuse another session's files.
 """
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def eval_env(private_cache_env) -> Path:
-    return private_cache_env("wrinklefree-eval-cache")
+def eval_env(tmp_path_factory):
+    # Only the cache folder: the OpenMP and torch thread settings of private_cache_env would stay for
+    # the rest of the session and change the kernel paths the export tests after this folder run on.
+    patch = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("wrinklefree-eval-cache")
+    patch.setenv("WRINKLEFREE_CACHE", str(root))
+    yield root
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

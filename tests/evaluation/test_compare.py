@@ -16,7 +16,7 @@ from wrinklefree_core.cli import main
 from wrinklefree_core.evaluation.size import file_weights
 
 EVAL = ["data=heldout_eval", "training.seq_len=32", "eval.max_sequences=4"]
-FAST_SPEED = ["eval.speed.prompt_tokens=16", "eval.speed.decode_tokens=8", "eval.speed.rounds=2"]
+FAST_SPEED = ["eval.speed.prompt_length=16", "eval.speed.decode_steps=8", "eval.speed.rounds=2"]
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ class SpeedConfig(Section):
 
     enabled: bool = Field(True, description="Time every GGUF (prompt and decode tok/s); false leaves the speed columns empty.")
     threads: int = Field(1, gt=0, description="CPU threads llama.cpp runs on while timing (the same for every file).")
-    prompt_tokens: int = Field(128, gt=0, description="Tokens of the prompt evaluated in one batch (prompt tok/s).")
-    decode_tokens: int = Field(64, gt=0, description="Greedy decode steps, one token each, after the prompt (decode tok/s).")
+    prompt_length: int = Field(128, gt=0, description="Tokens of the prompt evaluated in one batch (prompt tok/s).")
+    decode_steps: int = Field(64, gt=0, description="Greedy decode steps, one token each, after the prompt (decode tok/s).")
     rounds: int = Field(3, gt=0, description="Timed runs per file, in rotating order; the median is reported.")
 
 

@@ -1,7 +1,7 @@
 """Prompt and decode speed of several GGUFs in llama.cpp, timed in one run so that they compare.
 
-One timed run of a file: reset the KV cache, evaluate `prompt_tokens` in one batch (prompt tok/s),
-then `decode_tokens` greedy steps of one token each (decode tok/s).
+One timed run of a file: reset the KV cache, evaluate `prompt_length` in one batch (prompt tok/s),
+then `decode_steps` greedy steps of one token each (decode tok/s).
 
 Design choices:
 - Every file is loaded once (mmap, its LoRA adapter applied when present), warmed up, then timed in
@@ -70,12 +70,12 @@ def machine() -> str:
 def measure_speed(files: dict[str, tuple[Path, Path | None]], cfg: SpeedConfig) -> dict[str, dict[str, Any]]:
     """{label: {"prompt_tps", "decode_tps", "decode_min", "decode_max", "threads", "rounds"}} of every
     (GGUF, adapter or None) in `files`, timed together."""
-    n_ctx = cfg.prompt_tokens + cfg.decode_tokens + 8
+    n_ctx = cfg.prompt_length + cfg.decode_steps + 8
     llms = {label: _load(Path(g), None if a is None else Path(a), cfg.threads, n_ctx) for label, (g, a) in files.items()}
     try:
         vocab = min(llm.n_vocab() for llm in llms.values())
         rng = np.random.default_rng(0)
-        prompt = [int(t) for t in rng.integers(min(100, vocab - 1), vocab, size=cfg.prompt_tokens)]
+        prompt = [int(t) for t in rng.integers(min(100, vocab - 1), vocab, size=cfg.prompt_length)]
         for llm in llms.values():
             time_once(llm, prompt[:16], 4)  # warm-up: page the weights in, size the buffers
         names = list(llms)
@@ -83,7 +83,7 @@ def measure_speed(files: dict[str, tuple[Path, Path | None]], cfg: SpeedConfig) 
         for r in range(cfg.rounds):
             shift = r % len(names)
             for k in names[shift:] + names[:shift]:
-                runs[k].append(time_once(llms[k], prompt, cfg.decode_tokens))
+                runs[k].append(time_once(llms[k], prompt, cfg.decode_steps))
     finally:
         for llm in llms.values():
             llm.close()

@@ -35,7 +35,7 @@ from flows.params import PipelineParams, SmokePipelineParams, describe
 from flows.report import publish
 from tasks import mlflow_runs
 from tasks.eval_task import call_eval, call_speed, eval_config, make_baselines
-from wrinklefree_core.evaluation.compare import add_sizes
+from wrinklefree_core.evaluation.compare import add_sizes, attach_speeds, speed_files
 from wrinklefree_core.evaluation.ptq import baseline_label
 from wrinklefree_core.evaluation.value_table import table_rows, verdict
 from wrinklefree_core.evaluation.value_table import text as report_text
@@ -94,17 +94,9 @@ def run_evals(params: PipelineParams, results: dict[str, dict[str, Any]]) -> lis
             result["baseline"] = ptq_type
         evals.append(result)
     add_sizes(evals)
-    files = {e["label"]: (e["path"], _adapter(e["path"])) for e in evals if e["kind"] == "gguf"}
-    for label, speed in call_speed(files, overrides, params.refresh).items():
-        next(e for e in evals if e["label"] == label)["speed"] = speed
+    files = {k: (str(g), None if a is None else str(a)) for k, (g, a) in speed_files(evals).items()}
+    attach_speeds(evals, call_speed(files, overrides, params.refresh))
     return evals
-
-
-def _adapter(gguf: str) -> str | None:
-    from wrinklefree_core.export.gguf_lora import lora_path_for
-
-    lora = lora_path_for(gguf)
-    return str(lora) if lora.is_file() else None
 
 
 def _write_summary(out_root: str, summary: dict[str, Any]) -> None:

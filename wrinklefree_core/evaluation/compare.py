@@ -36,19 +36,30 @@ def add_sizes(evals: list[dict[str, Any]]) -> None:
             e["size"] = gguf_size(e["path"])
 
 
-def add_speeds(evals: list[dict[str, Any]], cfg: RunConfig) -> None:
-    """Time every GGUF row in one run and attach `speed` (in place); nothing when eval.speed is off."""
+def speed_files(evals: list[dict[str, Any]]) -> dict[str, tuple[Path, Path | None]]:
+    """{label: (GGUF, its LoRA adapter or None)} of every GGUF row: what the timing run loads."""
     from wrinklefree_core.export.gguf_lora import lora_path_for
 
-    ggufs = [e for e in evals if e["kind"] == "gguf"]
-    if not cfg.eval.speed.enabled or not ggufs:
-        return
     files = {}
-    for e in ggufs:
-        lora = lora_path_for(e["path"])
-        files[e["label"]] = (Path(e["path"]), lora if lora.is_file() else None)
-    for label, speed in measure_speed(files, cfg.eval.speed).items():
-        next(e for e in ggufs if e["label"] == label)["speed"] = speed
+    for e in evals:
+        if e["kind"] == "gguf":
+            lora = lora_path_for(e["path"])
+            files[e["label"]] = (Path(e["path"]), lora if lora.is_file() else None)
+    return files
+
+
+def attach_speeds(evals: list[dict[str, Any]], speeds: dict[str, dict[str, Any]]) -> None:
+    """Put each row's timing under `speed` (in place)."""
+    for e in evals:
+        if e["label"] in speeds:
+            e["speed"] = speeds[e["label"]]
+
+
+def add_speeds(evals: list[dict[str, Any]], cfg: RunConfig) -> None:
+    """Time every GGUF row in one run and attach `speed` (in place); nothing when eval.speed is off."""
+    files = speed_files(evals)
+    if cfg.eval.speed.enabled and files:
+        attach_speeds(evals, measure_speed(files, cfg.eval.speed))
 
 
 def _scored(label: str, path: Path, cfg: RunConfig, **extra: Any) -> dict[str, Any]:

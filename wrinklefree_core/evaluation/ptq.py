@@ -100,7 +100,8 @@ def ptq_files(teacher: str | Path, types: list[str]) -> dict[str, Path]:
     folders = {t: root / t for t in types}
     missing = [t for t, folder in folders.items() if not _complete(folder)]
     if missing:
-        with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as tmp:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent) as tmp:  # the F32 source, beside where the files land
             source = Path(tmp) / "teacher-f32.gguf"
             report = write_full_precision_gguf(teacher, source, "f32")
             weights = report.weights or sum(math.prod(t.shape) for t in report.tensors)

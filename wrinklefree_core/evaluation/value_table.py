@@ -17,9 +17,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SPEED_COLUMNS = ("prompt tok/s", "decode tok/s")
-
-
 def table_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows: label, runtime, per-source perplexity, overall perplexity, its ratio to the teacher's,
     MiB, bits/weight, prompt and decode tok/s, cache flag, artifact URI.

@@ -35,7 +35,7 @@ from flows.params import PipelineParams, SmokePipelineParams, describe
 from flows.report import publish
 from tasks import mlflow_runs
 from tasks.eval_task import call_eval, call_speed, eval_config, make_baselines
-from wrinklefree_core.evaluation.compare import add_sizes, attach_speeds, speed_files
+from wrinklefree_core.evaluation.compare import add_adapters, add_sizes, attach_speeds, speed_files
 from wrinklefree_core.evaluation.ptq import baseline_label
 from wrinklefree_core.evaluation.value_table import table_rows, verdict
 from wrinklefree_core.evaluation.value_table import text as report_text
@@ -94,6 +94,7 @@ def run_evals(params: PipelineParams, results: dict[str, dict[str, Any]]) -> lis
             result["baseline"] = ptq_type
         evals.append(result)
     add_sizes(evals)
+    add_adapters(evals)
     files = {k: (str(g), None if a is None else str(a)) for k, (g, a) in speed_files(evals).items()}
     attach_speeds(evals, call_speed(files, overrides, params.refresh))
     return evals

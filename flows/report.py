@@ -25,11 +25,13 @@ _FIGURES = {
     "bits_per_weight": ("size", "bits_per_weight"),
     "prompt_tps": ("speed", "prompt_tps"),
     "decode_tps": ("speed", "decode_tps"),
+    "adapter_share": ("adapter", "adapter_share"),
 }
 
 
 def metrics_of(evals: list[dict[str, Any]]) -> dict[str, float]:
-    """eval/<label>/ppl of every row, and eval/<label>/{mib, bits_per_weight, prompt_tps, decode_tps} of GGUF rows."""
+    """eval/<label>/ppl of every row, eval/<label>/{mib, bits_per_weight, prompt_tps, decode_tps} of GGUF rows, and
+    eval/<label>/adapter_share of BitNet rows."""
     metrics: dict[str, float] = {}
     for e in evals:
         if math.isfinite(e["perplexity"]):

@@ -31,8 +31,9 @@ KEY_VERSION = 1
 # `eval` only says how artifacts are scored afterwards (the evaluation keys its own results).
 _NOT_IN_KEY = ("out", "tracking", "overwrite", "eval")
 # Per-stage versions, bumped when one stage's output gains content its consumers rely on (export 2: the
-# weight count and bits per weight in stage.json). A stage not listed keeps the key it always had.
-STAGE_VERSIONS = {"export": 2}
+# weight count and bits per weight in stage.json) or its numbers change for the same config (lrc 2: the
+# svd init factors the residual to the teacher's weights). A stage not listed keeps the key it always had.
+STAGE_VERSIONS = {"export": 2, "lrc": 2}
 
 
 def _package_version() -> str:

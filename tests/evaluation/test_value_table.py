@@ -34,6 +34,7 @@ def test_rows_carry_size_and_speed_of_gguf_rows_only():
     assert by["export-gguf"]["MiB"] == 60.0 and by["export-gguf"]["decode tok/s"] == 150.0
     assert by["export-gguf"]["prompt tok/s"] == 1500.0 and by["export-gguf"]["bits/weight"] == round(60 * 8 * 2**20 / 1e8, 2)
     assert by["export-gguf"]["x teacher"] == 1.5 and by["teacher-f16"]["x teacher"] == 1.01
+    assert by["export-gguf"]["adapter %"] == "" and table_rows([{**_table()[3], "adapter": {"adapter_share": 0.0937}}])[0]["adapter %"] == 9.37
     assert "cached" not in by["teacher"]  # only a pipeline's rows (which carry the flag) get the column
     assert "cached" in table_rows([{**e, "cached": True} for e in _table()])[0]
     assert "| export-gguf | llama.cpp |" in markdown(rows)

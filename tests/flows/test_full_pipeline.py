@@ -80,6 +80,13 @@ def test_pipeline_runs_end_to_end(smoke_run, out_root):
         assert rows[label]["decode tok/s"] > 0 and rows[label]["prompt tok/s"] > 0, label
     for label in ("teacher", "naive-conversion", "distill"):
         assert rows[label]["MiB"] == "" and rows[label]["decode tok/s"] == "", label
+    # LRC adapter parameters beside the perplexity they buy, as a share of the projection parameters.
+    lrc_params = stages["lrc"]["metrics"]["trainable_params"]
+    projection = stages["convert"]["metrics"]["ternary_params"]
+    for label in ("lrc", "distill", "export-gguf"):
+        assert rows[label]["adapter %"] == round(100 * lrc_params / projection, 2), label
+    assert rows["naive-conversion"]["adapter %"] == 0.0 and rows["train-unified"]["adapter %"] == 0.0
+    assert all(rows[label]["adapter %"] == "" for label in ("teacher", *baselines))
     assert rows["teacher-f16"]["ppl"] == pytest.approx(rows["teacher"]["ppl"], rel=2e-3)  # bound: tests/evaluation/test_compare.py
     verdict = smoke_run["verdict"]
     assert verdict.startswith("verdict: export-gguf ") and all(f"vs {b}:" in verdict for b in baselines)
@@ -108,6 +115,7 @@ def test_stage_runs_nest_under_pipeline_run(smoke_run):
         assert parent.data.metrics[f"eval/{label}/decode_tps"] == pytest.approx(rows[label]["decode tok/s"], abs=0.05)
         assert f"eval/{label}/bits_per_weight" in parent.data.metrics and f"eval/{label}/prompt_tps" in parent.data.metrics
     assert "eval/teacher/mib" not in parent.data.metrics
+    assert parent.data.metrics["eval/export-gguf/adapter_share"] == pytest.approx(rows["export-gguf"]["adapter %"] / 100, abs=5e-5)
     assert parent.data.tags["eval.verdict"] == smoke_run["verdict"]
     table = Path(client().download_artifacts(parent_id, "eval_table.md"))
     assert table.read_text().rstrip().endswith(smoke_run["verdict"])

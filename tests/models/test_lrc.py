@@ -68,6 +68,28 @@ def test_svd_init_lowers_the_error_against_full_precision():
     torch.testing.assert_close(full.lrc_U @ full.lrc_V.T, weight_error.detach(), rtol=1e-4, atol=1e-5)
 
 
+def test_svd_init_aims_at_the_reference_weight_when_given():
+    """After GPTQ init the latent is not the teacher: the correction must factor teacher - s*W_q."""
+    base = bitlinear(in_features=32, out_features=24, bias=False)
+    teacher = torch.nn.Linear(32, 24, bias=False)
+    full = BitLinearLRC.from_bitlinear(base, rank=24, init="svd", target=teacher.weight)
+    s = base.weight.detach().abs().mean()
+    expected = teacher.weight - s * torch.round(base.weight / s).clamp(-1, 1)
+    torch.testing.assert_close(full.lrc_U @ full.lrc_V.T, expected.detach(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="svd target has shape"):
+        BitLinearLRC.from_bitlinear(bitlinear(in_features=32, out_features=24, bias=False), rank=4, init="svd", target=torch.zeros(3, 3))
+
+
+def test_add_adapters_takes_each_layer_reference_by_name():
+    student = convert_to_bitnet(tiny_model("llama-tied"), BitNetSettings())
+    teacher = tiny_model("llama-tied", seed=1)
+    add_lrc_adapters(student, 1.0, "svd", reference=teacher)
+    for name, module in lrc_modules(student):
+        goal = teacher.get_submodule(name).weight
+        s = module.weight.detach().abs().mean()
+        torch.testing.assert_close(module.lrc_U @ module.lrc_V.T, (goal - s * torch.round(module.weight / s).clamp(-1, 1)).detach(), rtol=1e-3, atol=1e-4)
+
+
 def test_rank_rounds_up_and_is_stable():
     assert lrc_rank(64, 128, 0.1) == 7  # 6.4 -> 7
     assert lrc_rank(10, 10, 0.3) == 3  # 0.3 * 10 is 3.0000000000000004 in floats
@@ -151,3 +173,4 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, arch):
 
 def test_settings_of_a_model_without_adapters_is_none():
     assert lrc_settings_of(convert_to_bitnet(tiny_model("llama-tied"), BitNetSettings())) is None
+

@@ -85,6 +85,20 @@ def test_subln_gains_start_at_ones_unless_calibration_is_asked_for(converted_qwe
     assert not any(torch.equal(g, torch.ones_like(g)) for g in gains) and all(bool((g > 0).all()) for g in gains)
 
 
+def test_gptq_init_writes_other_ternary_weights_and_says_how_it_went(converted_qwen2: Path, tmp_path):
+    out = tmp_path / "gptq"
+    proc = wrinklefree("convert", "model=tiny_qwen2", "bitnet.init=gptq", "bitnet.init_calibration_rows=6", f"out={out}")
+    assert proc.returncode == 0, proc.stderr
+    metrics = read_manifest(out).metrics
+    assert metrics["init_calibration_rows"] == 6 and metrics["init_calibration_tokens"] > 0
+    assert 0.0 < metrics["init_error_ratio"] < 1.0
+    gptq, settings = load_bitnet_checkpoint(out)
+    rtn, _ = load_bitnet_checkpoint(converted_qwen2)
+    assert settings.init == "gptq"
+    changed = [n for (n, a), (_, b) in zip(bitlinear_modules(gptq), bitlinear_modules(rtn)) if not torch.equal(a.weight, b.weight)]
+    assert len(changed) == 14
+
+
 def test_calibration_data_too_small_says_how_to_convert_without_it(tmp_path):
     tiny_text = tmp_path / "two-words.txt"
     tiny_text.write_text("hello world\n")

@@ -26,6 +26,13 @@ def test_teacher_beats_the_untrained_conversion(teacher_dir: Path, converted_dir
     assert t["perplexity"] < c["perplexity"], (t, c)
 
 
+def test_max_sequences_scores_only_the_first_rows(converted_dir: Path, capsys):
+    every = eval_json(converted_dir, capsys)["sources"]["shakespeare"]
+    assert cli.main(["eval", f"checkpoint={converted_dir}", *ARGS, "eval.max_sequences=2", "--json"]) == 0
+    two = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sources"]["shakespeare"]
+    assert two["tokens"] == 2 * (64 - 1) < every["tokens"]
+
+
 def test_eval_prints_perplexity_per_source(converted_dir: Path, tmp_path: Path, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()

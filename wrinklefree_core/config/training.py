@@ -133,7 +133,7 @@ class LRCConfig(Section):
 
     rank_fraction: float = Field(0.1, gt=0, le=1, description="Adapter rank as a fraction of min(in, out) of each BitLinear (rounded up).")
     init: Literal["zeros", "svd"] = Field(
-        "zeros", description="zeros: U = 0, V random (output unchanged at step 0); svd: top-r SVD of the quantization residual W - s*W_q."
+        "zeros", description="zeros: U = 0, V random (output unchanged at step 0); svd: top-r SVD of the residual W_teacher - s*W_q."
     )
     layers: list[int] | None = Field(
         None, description="Decoder layers whose output hidden states enter the MSE (negative from the end); null = every layer."

@@ -1,7 +1,8 @@
 """One GGUF beside the user's alternative: `wrinklefree eval checkpoint=FILE.gguf`.
 
     teacher (PyTorch) | teacher-f16, -q4_0, -q2_k (llama.cpp's quantizer) | the GGUF (+ adapter)
-    each: held-out perplexity on the same rows; the GGUFs: MiB, bits/weight, tok/s timed together
+    each: held-out perplexity on the same rows; the GGUFs: MiB, bits/weight, tok/s timed together;
+    BitNet rows: LRC adapter parameters as a share of the projection parameters
 
 The teacher is `teacher=` when given, else the source model of the checkpoint the GGUF was exported
 from (the stage.json chain). The pipeline builds the same table from cached Prefect tasks
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.evaluation.adapter import adapter_share
 from wrinklefree_core.evaluation.perplexity import evaluate_local, gguf_source_checkpoint
 from wrinklefree_core.evaluation.ptq import baseline_label, ptq_files
 from wrinklefree_core.evaluation.size import gguf_size
@@ -34,6 +36,20 @@ def add_sizes(evals: list[dict[str, Any]]) -> None:
     for e in evals:
         if e["kind"] == "gguf":
             e["size"] = gguf_size(e["path"])
+
+
+def add_adapters(evals: list[dict[str, Any]]) -> None:
+    """Attach `adapter` (adapter.adapter_share) to every BitNet checkpoint row and every GGUF exported from one (in place)."""
+    for e in evals:
+        path = Path(e["path"])
+        if e["kind"] == "gguf":
+            try:
+                path = gguf_source_checkpoint(path)
+            except FileNotFoundError:
+                continue
+        share = adapter_share(path)
+        if share is not None:
+            e["adapter"] = share
 
 
 def speed_files(evals: list[dict[str, Any]]) -> dict[str, tuple[Path, Path | None]]:
@@ -77,5 +93,6 @@ def compare_gguf(gguf: str | Path, cfg: RunConfig, label: str | None = None) -> 
         evals.append(_scored(baseline_label(ptq_type), path, cfg, baseline=ptq_type))
     evals.append(_scored(label or gguf.name, gguf, cfg))
     add_sizes(evals)
+    add_adapters(evals)
     add_speeds(evals, cfg)
     return evals

@@ -3,8 +3,10 @@
 One row per evaluated artifact (`evals`: the dicts perplexity.evaluate_local returns, plus `label`,
 `uri`, and for a GGUF `size` (size.gguf_size) and `speed` (speed.measure_speed); a baseline row
 carries `baseline`, its llama.cpp type). Columns: perplexity per source and overall, its ratio to
-the full-precision teacher's, then MiB on disk (adapter counted), bits per weight, prompt and decode
-tok/s. PyTorch rows leave the GGUF columns empty: they are not what ships.
+the full-precision teacher's, the LRC adapter's parameters as a percentage of the projection
+parameters (`adapter`, BitNet rows only: quality bought with full-precision bits shows beside the
+perplexity it bought), then MiB on disk (adapter counted), bits per weight, prompt and decode tok/s.
+PyTorch rows leave the GGUF columns empty: they are not what ships.
 
 The verdict compares one GGUF (the pipeline's export) with every llama.cpp baseline on size (MiB),
 speed (decode tok/s, what a user of a small CPU model waits for) and perplexity; it beats a row on
@@ -19,6 +21,7 @@ from typing import Any
 
 def table_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows: label, runtime, per-source perplexity, overall perplexity, its ratio to the teacher's,
+    adapter %,
     MiB, bits/weight, prompt and decode tok/s, cache flag, artifact URI.
 
     The ratio (artifact / full-precision teacher, overall perplexity) is the number recovery is judged
@@ -32,6 +35,8 @@ def table_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"ppl {name}"] = round(r["perplexity"], 3)
         row["ppl"] = round(e["perplexity"], 3)
         row["x teacher"] = round(e["perplexity"] / teacher, 2) if teacher and math.isfinite(e["perplexity"]) else ""
+        adapter = e.get("adapter")
+        row["adapter %"] = round(100 * adapter["adapter_share"], 2) if adapter else ""
         size, speed = e.get("size"), e.get("speed")
         row["MiB"] = round(size["mib"], 2) if size else ""
         row["bits/weight"] = round(size["bits_per_weight"], 2) if size else ""

@@ -67,13 +67,15 @@ class BitLinear(nn.Linear):
         self.quant_lambda = lam.to(device=self.weight.device, dtype=torch.float32)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the weight multiplies: the module input after its SubLN and the activation quantizer."""
         if self.sub_norm is not None:
             x = self.sub_norm(x)
-        lam = self.quant_lambda
-        w = quantize_weight_ste(self.weight, lam)
-        x = quantize_activation_ste(x, lam)
-        return F.linear(x, w, self.bias)
+        return quantize_activation_ste(x, self.quant_lambda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = quantize_weight_ste(self.weight, self.quant_lambda)
+        return F.linear(self.matmul_input(x), w, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", sub_norm={self.sub_norm is not None}"

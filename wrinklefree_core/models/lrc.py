@@ -20,7 +20,12 @@ Design choices:
 - Init "svd": the top-r SVD of the weight residual E = W - s*W_q (fully quantized weight, whatever
   quant_lambda is, because the correction targets the deployed ternary model), split evenly as
   U = U_r sqrt(S_r), V = V_r sqrt(S_r) so both factors get gradients of similar scale. This is the
-  data-free version of LRC; the activation-quantization error is then left to calibration.
+  data-free version of LRC; the activation-quantization error is then left to calibration. W is
+  the full-precision model's weight when one is given (`reference`: the lrc stage passes its
+  teacher), else the layer's own latent. The two differ after training, and entirely after
+  `bitnet.init=gptq`, whose latent is pushed away from the teacher so that its *ternarization*
+  tracks the teacher: there, latent - s*W_q points away from the teacher and the first LRC steps
+  raised held-out perplexity 3000x on SmolLM2-135M.
 - The correction is not scaled by quant_lambda: adapters are added after quantization-aware
   training, when lambda is 1.
 - BitLinearLRC *is* a BitLinear, so conversion layout checks, set_quant_lambda and the exporter's
@@ -42,6 +47,7 @@ from wrinklefree_core.quant.ops import quantize_activation_ste, quantize_weight_
 from wrinklefree_core.quant.reference import weight_quant_ref
 
 LRC_PARAM_NAMES = ("lrc_U", "lrc_V")
+LRC_INITS = ("zeros", "svd")
 DEFAULT_SEED = 0
 
 
@@ -85,7 +91,12 @@ class BitLinearLRC(BitLinear):
 
     @classmethod
     def from_bitlinear(
-        cls, layer: BitLinear, rank: int, init: str = "zeros", generator: torch.Generator | None = None
+        cls,
+        layer: BitLinear,
+        rank: int,
+        init: str = "zeros",
+        generator: torch.Generator | None = None,
+        target: torch.Tensor | None = None,
     ) -> "BitLinearLRC":
         """Wrap `layer`: share its weight, bias, SubLN and quant_lambda, and add initialised adapters."""
         if isinstance(layer, BitLinearLRC):
@@ -98,12 +109,16 @@ class BitLinearLRC(BitLinear):
         device, dtype = layer.weight.device, layer.weight.dtype
         new.lrc_U = nn.Parameter(torch.zeros(layer.out_features, rank, device=device, dtype=dtype))
         new.lrc_V = nn.Parameter(torch.zeros(layer.in_features, rank, device=device, dtype=dtype))
-        new.reset_lrc(init, generator)
+        new.reset_lrc(init, generator, target)
         return new
 
     @torch.no_grad()
-    def reset_lrc(self, init: str = "zeros", generator: torch.Generator | None = None) -> None:
-        """(Re)initialise U and V in place: "zeros" (U = 0, V random) or "svd" (top-r residual SVD)."""
+    def reset_lrc(self, init: str = "zeros", generator: torch.Generator | None = None, target: torch.Tensor | None = None) -> None:
+        """(Re)initialise U and V in place: "zeros" (U = 0, V random) or "svd" (top-r SVD of target - s*W_q).
+
+        `target` is the full-precision weight the correction aims at (the teacher's); default: the
+        layer's own latent weight.
+        """
         if init == "zeros":
             gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
             bound = 1.0 / math.sqrt(self.in_features)
@@ -112,13 +127,16 @@ class BitLinearLRC(BitLinear):
             self.lrc_V.copy_(v)
         elif init == "svd":
             w = self.weight.detach().float()
-            residual = w - weight_quant_ref(w)
+            goal = w if target is None else target.detach().to(w.device, torch.float32)
+            if goal.shape != w.shape:
+                raise ValueError(f"LRC svd target has shape {tuple(goal.shape)}, the layer's weight {tuple(w.shape)}")
+            residual = goal - weight_quant_ref(w)
             u, s, vh = torch.linalg.svd(residual, full_matrices=False)
             root = s[: self.rank].sqrt()
             self.lrc_U.copy_(u[:, : self.rank] * root)
             self.lrc_V.copy_(vh[: self.rank].T * root)
         else:
-            raise ValueError(f"unknown LRC init {init!r}; choose 'zeros' or 'svd'")
+            raise ValueError(f"unknown LRC init {init!r}; choose one of {', '.join(LRC_INITS)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
@@ -134,17 +152,23 @@ class BitLinearLRC(BitLinear):
 
 
 def add_lrc_adapters(
-    model: nn.Module, rank_fraction: float, init: str = "zeros", *, generator: torch.Generator | None = None
+    model: nn.Module,
+    rank_fraction: float,
+    init: str = "zeros",
+    *,
+    generator: torch.Generator | None = None,
+    reference: nn.Module | None = None,
 ) -> nn.Module:
     """Replace every BitLinear in `model` by a BitLinearLRC, in place, and return the model.
 
     rank = ceil(rank_fraction * min(in, out)) per layer; `init` is "zeros" or "svd" (module
     docstring). One generator (seeded with DEFAULT_SEED unless given) draws every layer's V in module
-    order, so the result is reproducible. Raises ValueError when the model has no BitLinear or
+    order, so the result is reproducible. With `reference` (the full-precision model, same module
+    names), "svd" factors the residual to its weights. Raises ValueError when the model has no BitLinear or
     already has adapters.
     """
-    if init not in ("zeros", "svd"):
-        raise ValueError(f"unknown LRC init {init!r}; choose 'zeros' or 'svd'")
+    if init not in LRC_INITS:
+        raise ValueError(f"unknown LRC init {init!r}; choose one of {', '.join(LRC_INITS)}")
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, BitLinear)]
     if not targets:
         raise ValueError("the model has no BitLinear layers: convert it to BitNet before adding LRC adapters")
@@ -153,11 +177,23 @@ def add_lrc_adapters(
     gen = generator if generator is not None else torch.Generator().manual_seed(DEFAULT_SEED)
     for name, layer in targets:
         rank = lrc_rank(layer.in_features, layer.out_features, rank_fraction)
-        new = BitLinearLRC.from_bitlinear(layer, rank, init, gen)
+        new = BitLinearLRC.from_bitlinear(layer, rank, init, gen, _reference_weight(reference, name, layer))
         new.lrc_rank_fraction, new.lrc_init = rank_fraction, init
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     return model
+
+
+def _reference_weight(reference: nn.Module | None, name: str, layer: BitLinear) -> torch.Tensor | None:
+    """The weight of `reference`'s module at `name` when it has one of the layer's shape, else None."""
+    if reference is None:
+        return None
+    try:
+        module = reference.get_submodule(name)
+    except AttributeError:
+        return None
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) and weight.shape == layer.weight.shape else None
 
 
 def rebuild_lrc_adapters(model: nn.Module, settings: LRCSettings) -> nn.Module:

@@ -47,6 +47,13 @@ class BitNetSettings(BaseModel):
     subln_calibration_rows: int = Field(
         16, gt=0, description="Training rows (training.seq_len tokens each) whose activations fit calibrated SubLN gains."
     )
+    init: Literal["rtn", "gptq"] = Field(
+        "rtn",
+        description="Ternary start: 'rtn' = each weight rounded on its own; 'gptq' = columns in turn, each one's rounding error "
+        "pushed onto the rest through the inverse Hessian of the layer's inputs on init_calibration_rows rows (models/gptq_init.py).",
+    )
+    init_calibration_rows: int = Field(32, gt=0, description="Training rows (training.seq_len tokens each) whose inputs give init=gptq its Hessians.")
+    init_damping: float = Field(0.01, gt=0, description="init=gptq: damping added to the Hessian's diagonal, as a fraction of its mean.")
     quant_lambda: float = Field(
         1.0, ge=0.0, le=1.0, description="Quantization blend: 0 = full precision, 1 = ternary weights + int8 activations."
     )

@@ -3,7 +3,8 @@
 Steps: materialize the source model as an HF folder (cached; a gs:// `model=` folder is downloaded),
 load it, swap attention/MLP linears for BitLinear and insert SubLN per `cfg.bitnet` (with
 `bitnet.subln_init=calibrated`, SubLN gains fitted to the model's own activations on a few rows of
-`data=`, models/subln_calibration.py), save the
+`data=`, models/subln_calibration.py; with `bitnet.init=gptq`, ternary weights rounded column by column
+with error compensation through the layer inputs' Hessians on training rows, models/gptq_init.py), save the
 checkpoint with its tokenizer and stage.json in one atomic rename, then publish it (a gs:// `out=` is
 uploaded with its completion marker, see artifact_io.py). No training happens here; metrics describe
 the conversion (parameter split, fraction of ternary zeros, time).
@@ -68,8 +69,8 @@ def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
     }
 
 
-def calibration_rows(cfg: RunConfig, tokenizer) -> torch.Tensor:
-    """`cfg.bitnet.subln_calibration_rows` training rows of `cfg.data`, drawn as training would draw them."""
+def calibration_rows(cfg: RunConfig, tokenizer, rows: int | None = None) -> torch.Tensor:
+    """`rows` (default `cfg.bitnet.subln_calibration_rows`) training rows of `cfg.data`, drawn as training would draw them."""
     from wrinklefree_core.data.corpora import CorpusError
     from wrinklefree_core.data.datamodule_core import build_datasets
     from wrinklefree_core.data.documents import DataSourceError
@@ -78,10 +79,11 @@ def calibration_rows(cfg: RunConfig, tokenizer) -> torch.Tensor:
         mixture, _ = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
     except (DataSourceError, CorpusError) as exc:
         raise DataSourceError(
-            f"{exc}\nSubLN calibration reads the run's data (data={cfg.data.config_name}): choose data that is available, "
-            "or convert without calibration: bitnet.subln_init=ones"
+            f"{exc}\nCalibration (bitnet.subln_init=calibrated, bitnet.init=gptq) reads the run's data "
+            f"(data={cfg.data.config_name}): choose data that is available, or convert without calibration: "
+            "bitnet.subln_init=ones bitnet.init=rtn"
         ) from exc
-    return mixture.sample(cfg.bitnet.subln_calibration_rows)["input_ids"]
+    return mixture.sample(rows or cfg.bitnet.subln_calibration_rows)["input_ids"]
 
 
 def convert_for_run(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> dict[str, float]:
@@ -94,7 +96,14 @@ def convert_for_run(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> dict[s
         rows = batch.shape[0]
     convert_to_bitnet(model, cfg.bitnet)
     apply_subln_gains(model, gains)
-    return {"subln_calibration_rows": rows}
+    metrics = {"subln_calibration_rows": float(rows)}
+    if cfg.bitnet.init == "gptq":
+        from wrinklefree_core.models.gptq_init import gptq_initialize
+
+        eos = tokenizer.eos_token_id
+        batch = calibration_rows(cfg, tokenizer, cfg.bitnet.init_calibration_rows)
+        metrics |= gptq_initialize(model, batch, damping=cfg.bitnet.init_damping, eos_token_id=eos)
+    return metrics
 
 
 def run_convert(cfg: RunConfig) -> StageResult:

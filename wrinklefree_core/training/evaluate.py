@@ -100,7 +100,8 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Any
 def run_eval(cfg) -> dict[str, Any]:
     """Evaluate `cfg.checkpoint` (or the materialized `cfg.model`) on `cfg.data`'s held-out rows.
 
-    Rows are packed at `training.seq_len` and scored `training.batch_size` at a time. Returns
+    Rows are packed at `training.seq_len`, the first `eval.max_sequences` of each source (all when
+    null), and scored `training.batch_size` at a time. Returns
     {"checkpoint": path, "kind": "bitnet" | "hf", "seq_len": L, "sources": {name: {loss, perplexity, tokens}}}.
     """
     from wrinklefree_core.data.datamodule_core import build_datasets
@@ -110,5 +111,6 @@ def run_eval(cfg) -> dict[str, Any]:
     device = "cuda" if cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available()) else "cpu"
     model, tokenizer, kind = load_for_eval(path, device)
     _, val_sets = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
+    val_sets = {name: rows[: cfg.eval.max_sequences] for name, rows in val_sets.items()}
     sources = evaluate_perplexity(model, val_sets, batch_size=cfg.training.batch_size, eos_token_id=tokenizer.eos_token_id)
     return {"checkpoint": str(path), "kind": kind, "seq_len": cfg.training.seq_len, "sources": sources}

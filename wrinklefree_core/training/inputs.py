@@ -129,12 +129,15 @@ def load_teacher(path: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def prepare_trainable(student: Student, training: TrainingConfig, seed: int) -> Student:
-    """Apply the recipe's trainable-parameter policy (module docstring); returns the updated student."""
+def prepare_trainable(student: Student, training: TrainingConfig, seed: int, teacher: nn.Module | None = None) -> Student:
+    """Apply the recipe's trainable-parameter policy (module docstring); returns the updated student.
+
+    New LRC adapters with init "svd" factor the residual to `teacher`'s weights when it is given.
+    """
     if training.objectives.lrc.enabled:
         if not lrc_modules(student.model):
             generator = torch.Generator().manual_seed(seed)
-            add_lrc_adapters(student.model, training.lrc.rank_fraction, training.lrc.init, generator=generator)
+            add_lrc_adapters(student.model, training.lrc.rank_fraction, training.lrc.init, generator=generator, reference=teacher)
             student.settings = student.settings.model_copy(update={"lrc": lrc_settings_of(student.model)})
         freeze_all_but_lrc(student.model)
     else:

@@ -192,7 +192,6 @@ def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, sett
     else:
         student = load_student(local_cfg)
         student.inputs = as_uris(student.inputs, origins)
-    student = prepare_trainable(student, cfg.training, cfg.seed)
     try:
         objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=student.tokenizer.mask_token_id)
     except ValueError as exc:  # e.g. DLM without a mask token: a config the user has to change
@@ -201,6 +200,7 @@ def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, sett
     if objectives.needs_teacher:
         student.inputs["teacher"], path = _teacher(cfg, student.inputs, resume)
         teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
+    student = prepare_trainable(student, cfg.training, cfg.seed, teacher)
     if settings["accelerator"] == "gpu":
         for model in (student.model, teacher):
             if model is not None:

@@ -12,6 +12,7 @@ holds the same U and V (padded widths are cost, which the size columns already c
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,7 @@ def adapter_share(checkpoint: str | Path) -> dict[str, Any] | None:
     adapter = projection = 0
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
         for name in f.keys():
-            size = 1
-            for d in f.get_slice(name).get_shape():
-                size *= int(d)
+            size = math.prod(int(d) for d in f.get_slice(name).get_shape())
             if name.rsplit(".", 1)[-1] in LRC_PARAM_NAMES:
                 adapter += size
             elif _is_projection(name, targets, skip):

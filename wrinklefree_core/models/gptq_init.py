@@ -50,7 +50,7 @@ import torch.distributed as dist
 from torch import nn
 
 from wrinklefree_core.models.bitlinear import BitLinear
-from wrinklefree_core.quant.reference import weight_scale
+from wrinklefree_core.quant.reference import ternarize_weight, weight_quant_ref, weight_scale
 
 SCALE_ITERATIONS = 2
 BLOCK = 128
@@ -135,14 +135,13 @@ def gptq_ternary_group(
         latent, codes = gptq_pass(stacked, u, row_scale)
         scales = [_absmean(part) for part in latent.split(sizes)]
     latents, stats = [], []
-    for w, part, part_codes, s in zip(weights, latent.split(sizes), codes.split(sizes), scales):
-        final = torch.round(part / s).clamp(-1.0, 1.0)
-        rtn_s = _absmean(w)
-        rtn_error = output_error(w, torch.round(w.double() / rtn_s).clamp(-1.0, 1.0) * rtn_s, h)
+    for w, part, part_codes in zip(weights, latent.split(sizes), codes.split(sizes)):
+        final, s = ternarize_weight(part)  # what the STE and the export will make of the latent
+        rtn_error = output_error(w, weight_quant_ref(w), h)
         stats.append(
             {
                 "flip_fraction": float((final != part_codes).double().mean()),
-                "error_ratio": output_error(w, final.double() * s, h) / rtn_error if rtn_error > 0 else 1.0,
+                "error_ratio": output_error(w, final.double() * float(s), h) / rtn_error if rtn_error > 0 else 1.0,
             }
         )
         latents.append(part.to(w.dtype))

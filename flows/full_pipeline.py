@@ -1,11 +1,12 @@
 """The `full-pipeline` flow: convert -> train (unified) -> lrc -> distill -> export, then one eval table.
 
-    MLflow parent run  "full-pipeline-<model>"          (params = PipelineParams' changes, eval table + metrics)
+    MLflow parent run  "full-pipeline-<model>-<budget>-<commit>-<time>"  (params = PipelineParams' changes,
+                                                        eval table + metrics, ppl-by-stage chart)
       convert  -> <out_root>/convert/<key>              each a Prefect task run + nested MLflow run
       train    -> <out_root>/train/<key>                (cached: reused when config and input match)
       lrc      -> <out_root>/lrc/<key>
       distill  -> <out_root>/distill/<key>
-      export   -> <out_root>/export/<key>/<model>.gguf
+      export   -> <out_root>/export/<key>/<model>.gguf  (uploaded; a version of MLflow model wrinklefree-<model>)
     eval: teacher, naive conversion, train, lrc, distill (PyTorch), export (llama.cpp), same rows,
           beside llama.cpp's quantization of the teacher (teacher-f16/-q4_0/-q2_k: size, tok/s, verdict)
 
@@ -32,7 +33,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.params import PipelineParams, SmokePipelineParams, describe
-from flows.report import publish
+from flows.report import describe_model_version, publish, publish_stage_chart
 from tasks import mlflow_runs
 from tasks.eval_task import call_eval, call_speed, eval_config, make_baselines
 from wrinklefree_core.evaluation.compare import add_adapters, add_sizes, attach_speeds, speed_files
@@ -41,6 +42,7 @@ from wrinklefree_core.evaluation.value_table import table_rows, verdict
 from wrinklefree_core.evaluation.value_table import text as report_text
 from tasks.stage_plan import STAGES, normalize_root
 from tasks.stage_task import call_stage
+from wrinklefree_core.tracking.source import short_commit, source_tags
 
 # Row labels of the eval table; also MLflow metric names (eval/<label>/ppl), hence no spaces or brackets.
 EVAL_LABELS = {"convert": "naive-conversion", "train": "train-unified", "lrc": "lrc", "distill": "distill", "export": "export-gguf"}
@@ -110,13 +112,21 @@ def _write_summary(out_root: str, summary: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def pipeline_run_name(params: PipelineParams, now: float | None = None) -> str:
+    """`full-pipeline-<model>-<smoke|full>-<commit>-<MMDD-HHMM>`: two runs of one model differ by budget, code or time."""
+    stamp = time.strftime("%m%d-%H%M", time.localtime(now))
+    parts = ["full-pipeline", Path(params.model).name, "smoke" if params.smoke else "full", short_commit(), stamp]
+    return "-".join(p for p in parts if p)
+
+
 def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     """The flow body (also what nightly-smoke runs as a subflow); returns the summary written to pipeline.json."""
     root = normalize_root(params.out_root)
     params = params.model_copy(update={"out_root": root})
     tags = {"pipeline": "full-pipeline", "model": params.model, "smoke": str(params.smoke).lower()}
     tags.update({"prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": str(flow_run.name or "")})
-    parent, exp_id = mlflow_runs.start_run(params.tracking_uri, params.experiment, f"full-pipeline-{params.model}", tags)
+    tags.update(source_tags("flows.full_pipeline"))
+    parent, exp_id = mlflow_runs.start_run(params.tracking_uri, params.experiment, pipeline_run_name(params), tags)
     client = mlflow_runs.client(params.tracking_uri)
     mlflow_runs.log_params(client, parent, params.mlflow_params())
     status = "FAILED"
@@ -126,6 +136,8 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
         rows = table_rows(evals)
         line = verdict(evals, EVAL_LABELS["export"])
         publish(rows, evals, line, params.tracking_uri, parent)
+        publish_stage_chart(evals, [EVAL_LABELS[s] for s in STAGES], params.tracking_uri, parent)
+        version = describe_model_version(rows, evals, line, EVAL_LABELS["export"], params.tracking_uri, results["export"]["mlflow_run_id"])
         summary = {
             "flow_run_id": str(flow_run.id or ""),
             "mlflow_run_id": parent,
@@ -134,6 +146,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
             "stages": results,
             "eval": rows,
             "verdict": line,
+            "model_version": version,
         }
         _write_summary(root, summary)
         status = "FINISHED"
@@ -238,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verification: {gguf.parent / VERIFICATION_NAME} (llama.cpp's own log: {gguf.parent / LLAMA_LOG_NAME})")
     print(f"per-tensor export table: {gguf.parent / REPORT_NAME}")
     print(f"MLflow: run {summary['mlflow_run_id']} in {mlflow_runs.store_uri(params.tracking_uri)} (experiment {params.experiment})")
+    if summary.get("model_version"):
+        name, _, number = summary["model_version"].rpartition("/")
+        print(f"MLflow model: {name} version {number} (download: mlflow artifacts download -u models:/{name}/{number})")
     print(f"eval table and stage outputs: {Path(params.out_root) / 'pipeline.json'}")
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"total time: {minutes} min {seconds:02d} s")

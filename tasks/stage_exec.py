@@ -12,8 +12,8 @@ marker after writing it. When the job is done, the marker is required (a folder 
 partial artifact) and stage.json (metrics) and verification.json are read back from the bucket; the
 artifact itself stays there. Both modules are imported only here, so local runs never import SkyPilot.
 
-The training stage nests its MLflow run under the run named in WRINKLEFREE_MLFLOW_PARENT_RUN_ID:
-set around the in-process call, and passed into the SkyPilot job's environment.
+Every stage nests its MLflow run under the run named in WRINKLEFREE_MLFLOW_PARENT_RUN_ID: set
+around the in-process call, and passed into the SkyPilot job's environment.
 """
 
 from __future__ import annotations
@@ -62,18 +62,18 @@ def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
     quiet_libraries()
     cfg = plan.cfg.model_copy(update={"out": plan.out_uri})
     summary = ""
-    if plan.stage == "convert":
-        from wrinklefree_core.stages.convert import run_convert
+    with parent_env(parent_run_id):
+        if plan.stage == "convert":
+            from wrinklefree_core.stages.convert import run_convert
 
-        result = run_convert(cfg)
-    elif plan.stage == "export":
-        from wrinklefree_core.stages.export import run_export
+            result = run_convert(cfg)
+        elif plan.stage == "export":
+            from wrinklefree_core.stages.export import run_export
 
-        result, summary = run_export(cfg)
-    else:
-        from wrinklefree_core.stages.train import run_train
+            result, summary = run_export(cfg)
+        else:
+            from wrinklefree_core.stages.train import run_train
 
-        with parent_env(parent_run_id):
             result = run_train(cfg)
     return StageRun(dict(result.metrics), summary, Path(result.out), result.location)
 

@@ -3,9 +3,10 @@
     plan      compose the RunConfig (our pydantic models validate every override), fingerprint the
               input artifact, derive the cache key and the output URI from it     (stage_plan.py)
     run       in this process (compute.backend=local) or as a SkyPilot job        (stage_exec.py)
-    record    an MLflow run nested under the pipeline's: params = flattened resolved config, the
-              stage's metrics, stage.json, verification.json, a loss-curve PNG, the GGUF (by URI,
-              and the file itself when small); a Prefect link/markdown artifact pointing at it
+    record    the MLflow run the stage logged itself (nested under the pipeline's; its sections as
+              params, metrics, stage.json, verification.json, the GGUF uploaded and registered),
+              completed with Prefect ids, the cache key, `changed.*` tags for what differs from the
+              stage's defaults and a loss-curve PNG; a Prefect link/markdown artifact pointing at it
     return    a JSON-able dict: output URI, metrics, MLflow ids, cache key
 
 Design choices:
@@ -16,8 +17,9 @@ Design choices:
   any process that shares the cache folder (test harness, worker subprocesses).
 - `call_stage` (what flows use) forces a refresh when the cached output has disappeared (local
   URIs), so deleting an artifact folder is enough to recompute it.
-- Training stages log their own MLflow run (per-step curves, via Lightning); this task finds it by
-  its `out` tag and completes it, so a stage run is still exactly one MLflow run.
+- Every stage logs its own MLflow run (training via Lightning, convert/export at their end); this task
+  finds it by its `out` tag and completes it, so a stage run is exactly one MLflow run whether it ran
+  here, on a SkyPilot node or from the CLI. An export whose upload failed is resumed by `call_stage`.
 - Prefect and MLflow stay out of wrinklefree_core; the tasks/ package is where they meet it.
 """
 
@@ -33,11 +35,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks import mlflow_runs
 from tasks.stage_exec import StageRun, run_local, run_skypilot
-from tasks.stage_plan import RECIPES, StagePlan, output_present, plan_stage
+from tasks.stage_plan import RECIPES, StagePlan, compose_stage, is_remote, output_present, plan_stage
 from wrinklefree_core.paths import cache_dir
-
-# GGUFs up to this size are copied into MLflow; larger ones are referenced by URI only.
-GGUF_LOG_LIMIT = 64 * 2**20
+from wrinklefree_core.tracking.params import changed_tags, stage_params
+from wrinklefree_core.tracking.source import source_tags
+from wrinklefree_core.tracking.stage_run import run_name
 
 
 def stage_cache_key(context, parameters: dict[str, Any]) -> str:
@@ -60,25 +62,25 @@ def result_storage() -> Path:
 # ------------------------------------------------------------------------------------------ record
 
 
-def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_ms: int) -> tuple[str, str]:
-    """Create or complete this stage's MLflow run; returns (run_id, experiment_id)."""
+def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_ms: int, upstream_uri: str | None) -> tuple[str, str]:
+    """Complete this stage's MLflow run (the one the stage logged itself) or create it; returns (run_id, experiment_id)."""
     from prefect.runtime import flow_run, task_run
 
     cfg = plan.cfg
     tracking = cfg.tracking.mlflow_uri
     client = mlflow_runs.client(tracking)
     exp_id = mlflow_runs.experiment_id(client, cfg.tracking.experiment, tracking)
-    training = plan.stage in RECIPES
     run_id = None
-    if training and run.logged_out:
-        run_id = mlflow_runs.find_training_run(tracking, cfg.tracking.experiment, run.logged_out, started_ms)
-    own = run_id is None  # convert, export, or a training run that logged somewhere else
+    if run.logged_out:
+        run_id = mlflow_runs.find_stage_run(tracking, cfg.tracking.experiment, run.logged_out, started_ms)
+    own = run_id is None  # the stage logged somewhere this process cannot see (another store)
     if own:
-        tags = {"stage": plan.stage, "model": cfg.model.name, "out": plan.out_uri}
-        name = f"{plan.stage}-{cfg.model.name}"
+        tags = {"stage": plan.stage, "model": cfg.model.name, "out": plan.out_uri, **source_tags(f"wrinklefree {plan.stage}")}
         # Opened after the work, but dated from its start: the UI's duration is the stage's.
-        run_id, exp_id = mlflow_runs.start_run(tracking, cfg.tracking.experiment, name, tags, parent_run_id, started_ms)
-        mlflow_runs.log_params(client, run_id, mlflow_runs.flatten(cfg.model_dump(mode="json")))
+        run_id, exp_id = mlflow_runs.start_run(
+            tracking, cfg.tracking.experiment, run_name(plan.stage, cfg.model.name), tags, parent_run_id, started_ms
+        )
+        mlflow_runs.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), plan.stage))
         mlflow_runs.log_metrics(client, run_id, run.metrics)
     tags = {
         "pipeline_stage": plan.stage,
@@ -90,28 +92,56 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
     }
     if plan.stage == "export" and plan.out_uri.endswith(".gguf"):
         tags["gguf_uri"] = plan.out_uri
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
-    if run.local_out is not None:
-        _log_files(client, run_id, run.local_out, training)
+    defaults = compose_stage(plan.stage, [], upstream_uri).model_dump(mode="json")
+    tags.update(changed_tags(cfg.model_dump(mode="json"), defaults, plan.stage))
+    mlflow_runs.set_tags(client, run_id, tags)
+    if own and run.local_out is not None:
+        _log_records(client, run_id, run.local_out)
+    if plan.stage in RECIPES:
+        _log_loss_curve(client, run_id)
     if own:
         client.set_terminated(run_id, "FINISHED")
     return run_id, exp_id
 
 
-def _log_files(client, run_id: str, local_out: Path, training: bool) -> None:
+def _log_records(client, run_id: str, local_out: Path) -> None:
     folder = local_out if local_out.is_dir() else local_out.parent
     for name in ("stage.json", "verification.json"):
         if (folder / name).is_file():
             client.log_artifact(run_id, str(folder / name))
-    for path in sorted(folder.glob("*.gguf")):  # the model and, for LRC, its LoRA adapter
-        if path.stat().st_size <= GGUF_LOG_LIMIT:
-            client.log_artifact(run_id, str(path), artifact_path="gguf")
-    if training:
-        with tempfile.TemporaryDirectory() as tmp:
-            png = mlflow_runs.loss_curve_png(client, run_id, Path(tmp) / "loss_curve.png")
-            if png is not None:
-                client.log_artifact(run_id, str(png))
+
+
+def _log_loss_curve(client, run_id: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        png = mlflow_runs.loss_curve_png(client, run_id, Path(tmp) / "loss_curve.png")
+        if png is not None:
+            client.log_artifact(run_id, str(png))
+
+
+def resume_model_upload(plan: StagePlan, result: dict[str, Any]) -> None:
+    """Finish the upload and registration of an export's GGUF that its stage could not complete (idempotent).
+
+    A cached export comes back here too, so a pipeline re-run after a failed upload sends only the
+    files still missing from the run; an error now fails the flow with the file's place and the fix.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from wrinklefree_core.tracking.model_registry import UPLOAD_TAG, publish_model
+
+    gguf = Path(result["uri"])
+    tracking = plan.cfg.tracking
+    if plan.stage != "export" or is_remote(result["uri"]) or gguf.suffix != ".gguf" or not gguf.is_file() or not tracking.model_upload:
+        return
+    client = mlflow_runs.client(tracking.mlflow_uri)
+    try:
+        state = client.get_run(result["mlflow_run_id"]).data.tags.get(UPLOAD_TAG)
+    except MlflowException:  # the cached run lives in another store
+        return
+    if state == "complete" and (not tracking.register_model or "wrinklefree.model_version" in client.get_run(result["mlflow_run_id"]).data.tags):
+        return
+    publish_model(
+        client, result["mlflow_run_id"], gguf, plan.cfg.model.name, result["metrics"], upload=True, register=tracking.register_model
+    )
 
 
 def _publish_link(plan: StagePlan, run_id: str, exp_id: str) -> None:
@@ -165,7 +195,7 @@ def run_stage(
         run = run_local(plan, parent_run_id)
     if run.summary:
         logger.info(run.summary)
-    run_id, exp_id = _record(plan, run, parent_run_id, started_ms)
+    run_id, exp_id = _record(plan, run, parent_run_id, started_ms, upstream_uri)
     _publish_link(plan, run_id, exp_id)
     return {
         "stage": stage,
@@ -197,4 +227,5 @@ def call_stage(
     configured = run_stage.with_options(result_storage=result_storage(), refresh_cache=refresh)
     state = configured(stage, list(overrides), upstream_uri, parent_run_id, out_root, return_state=True)
     result = state.result()
+    resume_model_upload(plan, result)
     return result, state.name == "Cached"

@@ -148,6 +148,51 @@ def test_stage_runs_nest_under_pipeline_run(smoke_run):
     assert client().get_run(export_run).data.tags["gguf_uri"] == smoke_run["stages"]["export"]["uri"]
 
 
+def test_mlflow_shows_what_a_user_looks_for(smoke_run):
+    """Named runs, typed experiment, code version, used sections only, changed fields, datasets,
+    system metrics, verification as metrics, the registered GGUF and the chart through the stages."""
+    from wrinklefree_core.tracking.source import COMMIT_TAG, USER_TAG, code_tags
+
+    parent = client().get_run(smoke_run["mlflow_run_id"])
+    experiment = client().get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    assert parent.info.run_name.startswith("full-pipeline-tiny_llama-smoke-")
+    stages = {stage: client().get_run(r["mlflow_run_id"]) for stage, r in smoke_run["stages"].items()}
+    for number, stage in enumerate(STAGES, 1):
+        assert stages[stage].info.run_name.startswith(f"{number}-{stage}-tiny_llama"), stage
+    for run in [parent, *stages.values()]:
+        assert run.data.tags[USER_TAG] and run.data.tags["mlflow.source.name"]
+        assert run.data.tags.get(COMMIT_TAG) == code_tags().get(COMMIT_TAG)
+        assert "compute.accelerators" not in run.data.params  # a local run has no cluster spec
+    assert "training.optimizer.lr" not in stages["convert"].data.params and "bitnet.subln" in stages["convert"].data.params
+    assert not [k for k in stages["export"].data.params if k.startswith(("training.", "data.", "bitnet."))]
+    # The smoke budget's changes stand out as tags on the stages they change.
+    assert stages["train"].data.tags["changed.training.max_steps"] == "3"
+    assert "changed.training.max_steps" not in stages["export"].data.tags
+    for stage in ("train", "lrc", "distill"):
+        run = stages[stage]
+        contexts = {(i.dataset.name, t.value) for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+        assert contexts == {("python_docs", "training"), ("python_docs", "validation")}, stage
+        assert "system/cpu_utilization_percentage" in run.data.metrics, stage
+    export = stages["export"]
+    assert export.data.metrics["verify_passed"] == 1.0 and export.data.metrics["verify_top1_agreement"] >= 0.95
+    # The GGUF is a registered model version that carries the eval table.
+    name, _, version = smoke_run["model_version"].rpartition("/")
+    assert name == "wrinklefree-tiny_llama"
+    mv = client().get_model_version(name, version)
+    assert mv.run_id == export.info.run_id and mv.source == f"runs:/{export.info.run_id}/gguf"
+    assert smoke_run["verdict"] in mv.description and "export-gguf" in mv.description
+    assert mv.tags["eval.verdict"] == smoke_run["verdict"] and float(mv.tags["bits_per_weight"]) > 0
+    rows = {r["artifact"]: r for r in smoke_run["eval"]}
+    assert float(mv.tags["ppl_x_teacher"]) == pytest.approx(rows["export-gguf"]["x teacher"])
+    # Held-out perplexity through the stages: one metric over the stage index, and a chart.
+    history = sorted((m.step, m.value) for m in client().get_metric_history(parent.info.run_id, "pipeline/heldout_ppl"))
+    labels = ["naive-conversion", "train-unified", "lrc", "distill", "export-gguf"]
+    assert [step for step, _ in history] == list(range(5))
+    assert [v for _, v in history] == pytest.approx([rows[label]["ppl"] for label in labels], rel=1e-3)
+    assert "heldout_ppl_by_stage.png" in artifact_names(parent.info.run_id)
+
+
 def test_prefect_artifacts_published(smoke_run):
     from prefect.artifacts import Artifact
 

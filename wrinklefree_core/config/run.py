@@ -27,6 +27,12 @@ class TrackingConfig(Section):
 
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null = sqlite store under the cache folder.")
     experiment: str = Field("wrinklefree", description="MLflow experiment name.")
+    model_upload: bool = Field(
+        True, description="Copy the exported GGUF and its adapter into the export run's MLflow artifacts; false = record their path only."
+    )
+    register_model: bool = Field(True, description="Register each uploaded GGUF as a version of the MLflow model wrinklefree-<model>.")
+    system_metrics: bool = Field(True, description="Sample CPU, memory, disk and GPU use into training runs (MLflow's system metrics).")
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between two system-metrics samples.")
 
 
 class RunConfig(Section):

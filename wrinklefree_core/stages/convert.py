@@ -28,6 +28,7 @@ from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.stages.output_guard import check_output
+from wrinklefree_core.tracking.stage_run import check_store, now_ms, record_stage_run
 
 
 @dataclass
@@ -86,14 +87,21 @@ def calibration_rows(cfg: RunConfig, tokenizer, rows: int | None = None) -> torc
     return mixture.sample(rows or cfg.bitnet.subln_calibration_rows)["input_ids"]
 
 
-def convert_for_run(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> dict[str, float]:
-    """Convert a loaded full-precision model in place per `cfg.bitnet`, calibrating SubLN when asked; returns metrics."""
+def convert_for_run(
+    model: torch.nn.Module, tokenizer, cfg: RunConfig, calibration: dict[str, torch.Tensor] | None = None
+) -> dict[str, float]:
+    """Convert a loaded full-precision model in place per `cfg.bitnet`, calibrating SubLN when asked; returns metrics.
+
+    The token rows each calibration read are put in `calibration` (by use), for the run's dataset record.
+    """
     gains: dict[str, torch.Tensor] = {}
     rows = 0
+    calibration = {} if calibration is None else calibration
     if cfg.bitnet.subln_init == "calibrated" and cfg.bitnet.subln != "none":
         batch = calibration_rows(cfg, tokenizer)
         gains = fit_subln_gains(model, cfg.bitnet, batch)
         rows = batch.shape[0]
+        calibration["subln"] = batch
     convert_to_bitnet(model, cfg.bitnet)
     apply_subln_gains(model, gains)
     metrics = {"subln_calibration_rows": float(rows)}
@@ -102,6 +110,7 @@ def convert_for_run(model: torch.nn.Module, tokenizer, cfg: RunConfig) -> dict[s
 
         eos = tokenizer.eos_token_id
         batch = calibration_rows(cfg, tokenizer, cfg.bitnet.init_calibration_rows)
+        calibration["gptq"] = batch
         metrics |= gptq_initialize(model, batch, damping=cfg.bitnet.init_damping, eos_token_id=eos)
     return metrics
 
@@ -117,16 +126,23 @@ def run_convert(cfg: RunConfig) -> StageResult:
             f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out= or remove it."
         )
     start = time.perf_counter()
+    started_ms = now_ms()
+    check_store(cfg)
     local_cfg, origins = local_inputs(cfg)
     if local_cfg.model.source == "hf" and is_bitnet_checkpoint(Path(local_cfg.model.path).expanduser()):
         raise ModelSourceError(f"{cfg.model.path} is already a BitNet checkpoint; pass the original HF model to convert")
     source = materialize(local_cfg.model)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     model, tokenizer = load_hf_model(source, dtype=dtype)
-    calibration = convert_for_run(model, tokenizer, cfg)
+    calibration_batches: dict[str, torch.Tensor] = {}
+    calibration = convert_for_run(model, tokenizer, cfg, calibration_batches)
     metrics = conversion_metrics(model) | calibration
     metrics["convert_seconds"] = time.perf_counter() - start
     inputs = as_uris({"source_model": str(source)}, origins)
     manifest = build_manifest("convert", cfg.model_dump(mode="json"), inputs, metrics)
     save_bitnet_checkpoint(model, out, cfg.bitnet, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)})
-    return StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))
+    result = StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))
+    sources = ", ".join(src.path for src in cfg.data.sources)
+    datasets = {f"{cfg.data.config_name}-{use}": (sources, rows) for use, rows in calibration_batches.items()}
+    record_stage_run(cfg, "convert", target.uri, out, metrics, started_ms, {"calibration": datasets})
+    return result

@@ -24,6 +24,7 @@ from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.stages.output_guard import check_output
 from wrinklefree_core.storage.atomic import remove_dead_leftovers
+from wrinklefree_core.tracking.stage_run import check_store, now_ms, record_stage_run
 
 
 REPORT_NAME = "export_report.txt"  # every tensor's type, shape and bytes, beside the GGUF
@@ -48,6 +49,7 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     if not cfg.checkpoint:
         raise CheckpointError("export needs checkpoint=DIR (a folder written by `wrinklefree convert` or a training stage)")
     start = time.perf_counter()
+    started_ms = now_ms()
     target = plan_output(cfg, default_out(cfg), is_file=cfg.export.format == "gguf")
     out = target.local
     if target.remote is None or target.mounted:
@@ -55,6 +57,7 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
         if cfg.export.format == "gguf":
             for leftover in remove_dead_leftovers(out.parent):
                 print(f"removed {leftover.name}, left by an export that crashed", flush=True)
+    check_store(cfg)
     checkpoint = local_path(cfg.checkpoint, cfg.gcs)
     metrics: dict[str, float] = {}
     if cfg.export.format == "gguf":
@@ -78,6 +81,9 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
             metrics["verify_worst_layer_rel_error"] = float(worst["rel_error"])
             metrics["verify_layer_bound"] = float(layers["bound"])
             metrics["verify_head_top1"] = float(layers["head"]["top1_agreement"])
+            metrics["verify_passed"] = float(bool(verification.get("passed")))
+            metrics["verify_top1_agreement"] = float(verification["vs_reference"]["top1_agreement"])
+            metrics["verify_exact_top1_agreement"] = float(verification["vs_exact"]["top1_agreement"])
             summary += (
                 f"\n  verified in llama.cpp: passed, every layer within {layers['bound']:.2g} of its update "
                 f"(worst {worst['rel_error']:.2g}, layer {worst['layer']}) on {kernel['threads']} thread(s), "
@@ -95,4 +101,6 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     uri = target.publish(cfg.gcs)
     if uri != str(out):
         summary += f"\npublished to {uri}"
-    return StageResult(out=out, metrics=metrics, uri=uri), summary
+    result = StageResult(out=out, metrics=metrics, uri=uri)
+    record_stage_run(cfg, "export", target.uri, manifest_folder, metrics, started_ms)
+    return result, summary

@@ -227,7 +227,9 @@ def run_train(cfg: RunConfig) -> StageResult:
     from wrinklefree_core.training.datamodule import BitNetDataModule
     from wrinklefree_core.training.evaluate import evaluate_perplexity
     from wrinklefree_core.training.module import BitNetTrainModule
-    from wrinklefree_core.training.tracking import build_logger, log_config, log_final
+    from wrinklefree_core.tracking.stage_run import run_name
+    from wrinklefree_core.tracking.system_metrics import system_metrics
+    from wrinklefree_core.training.tracking import build_logger, log_config, log_data, log_final, tracking_uri
 
     started = time.perf_counter()
     target = plan_output(cfg, default_out(cfg), keep=True)
@@ -280,13 +282,15 @@ def run_train(cfg: RunConfig) -> StageResult:
     run_id = _known_run(cfg, resume.get("mlflow_run_id")) if resume is not None else None
     logger = build_logger(
         cfg,
-        run_name=f"{stage}-{cfg.model.name}-{cfg.training.name}",
+        run_name=run_name(stage, cfg.model.name),
         tags={"stage": stage, "recipe": cfg.training.name, "model": cfg.model.name, "out": target.uri},
         run_id=run_id,
     )
     if run_id is None:
         # `stage` is the design's name (lrc, distill), not the command (train) that RunConfig.stage holds.
-        log_config(logger, config, {"stage": stage, "resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
+        log_config(logger, config, stage, {"resolved.batch_size": batch_size, "resolved.trainable_params": trainable})
+        if is_zero:
+            log_data(logger, cfg.data, {n: datamodule.mixture.rows(n) for n in datamodule.source_names}, datamodule.val_sets)
     throughput = Throughput(seq_len)
 
     def write_model(folder: Path) -> None:
@@ -326,8 +330,15 @@ def run_train(cfg: RunConfig) -> StageResult:
     )
     ckpt_path = str(state.last / TRAINER_STATE) if resume is not None else None
     fit_started = time.perf_counter()
+    sampled = system_metrics(
+        logger.run_id if is_zero else None,
+        tracking_uri(cfg.tracking.mlflow_uri),
+        cfg.tracking.system_metrics_interval_s,
+        cfg.tracking.system_metrics,
+    )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # run_state.py: no code from state files
+        with sampled:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # run_state.py: no code from state files
     finally:
         qk_clip = getattr(trainer.optimizers[0], "qk_clip", None) if trainer.optimizers else None
         if qk_clip is not None:

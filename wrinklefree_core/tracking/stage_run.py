@@ -1,0 +1,101 @@
+"""The MLflow run of a convert or export stage, made by the stage itself (`wrinklefree convert|export` and the pipeline alike).
+
+Training stages get theirs from Lightning's logger (training/tracking.py); these two do the same
+work by hand, at their end, because their params and metrics are only known then: the run is
+created dated from the stage's start (the UI's duration is the stage's), nested under
+WRINKLEFREE_MLFLOW_PARENT_RUN_ID when a pipeline set it, tagged with the output (`out`) that the
+orchestration layer finds it by, and given the stage's sections as params, its metrics,
+stage.json and verification.json. An export's GGUF is then uploaded and registered
+(model_registry.py); an upload that fails leaves the run tagged incomplete and the stage
+successful, because the exported files are done and the pipeline resumes the upload.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from wrinklefree_core.tracking import store
+from wrinklefree_core.tracking.model_registry import ModelUploadError, publish_model
+from wrinklefree_core.tracking.params import stage_params
+from wrinklefree_core.tracking.source import short_commit, source_tags
+
+PIPELINE_ORDER = ("convert", "train", "lrc", "distill", "export")
+RECORD_FILES = ("stage.json", "verification.json")
+
+
+def run_name(stage: str, model_name: str) -> str:
+    """`<n>-<stage>-<model>-<commit>`: the pipeline position first, so a run list sorted by name reads in order."""
+    index = PIPELINE_ORDER.index(stage) + 1 if stage in PIPELINE_ORDER else 0
+    commit = short_commit()
+    return "-".join(part for part in (f"{index}" if index else "", stage, model_name, commit) if part)
+
+
+def now_ms() -> int:
+    """Epoch milliseconds, MLflow's clock."""
+    return int(time.time() * 1000)
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow store cannot be reached or written."""
+
+
+def check_store(cfg) -> None:
+    """Fail before the work when the MLflow store cannot be reached (creating the experiment when new)."""
+    tracking = cfg.tracking
+    try:
+        store.experiment_id(store.client(tracking.mlflow_uri), tracking.experiment, tracking.mlflow_uri)
+    except Exception as exc:
+        raise TrackingUnavailableError(
+            f"the MLflow store {store.store_uri(tracking.mlflow_uri)} cannot be used ({type(exc).__name__}: {exc}); "
+            "start the tracking server, or drop tracking.mlflow_uri to log into the local store"
+        ) from exc
+
+
+def record_stage_run(
+    cfg,
+    stage: str,
+    out_uri: str,
+    folder: Path,
+    metrics: dict[str, float],
+    started_ms: int,
+    datasets: dict[str, dict[str, tuple[str, Any]]] | None = None,
+) -> str:
+    """Create, fill and close the MLflow run of a finished convert/export stage; returns its id.
+
+    `datasets`: {context: {name: (source, token rows)}} that the stage read (datasets.py).
+    """
+    from wrinklefree_core.tracking.datasets import log_datasets
+
+    tracking = cfg.tracking
+    client = store.client(tracking.mlflow_uri)
+    tags = {"stage": stage, "model": cfg.model.name, "out": out_uri, **source_tags(f"wrinklefree {stage}")}
+    parent = os.environ.get(store.PARENT_RUN_ENV) or None
+    run_id, _ = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, cfg.model.name), tags, parent, started_ms)
+    status = "FAILED"
+    try:
+        store.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), stage))
+        store.log_metrics(client, run_id, metrics)
+        if datasets:
+            log_datasets(client, run_id, datasets)
+        for name in RECORD_FILES:
+            if (folder / name).is_file():
+                client.log_artifact(run_id, str(folder / name))
+        gguf = Path(out_uri) if stage == "export" and out_uri.endswith(".gguf") else None
+        if gguf is not None:
+            gguf = folder / gguf.name  # the local copy (a gs:// output was published from it)
+            try:
+                version = publish_model(
+                    client, run_id, gguf, cfg.model.name, metrics, upload=tracking.model_upload, register=tracking.register_model
+                )
+            except ModelUploadError as exc:
+                print(f"warning: {exc}", flush=True)
+            else:
+                if version is not None:
+                    print(f"MLflow: registered {version[0]} version {version[1]} (run {run_id})", flush=True)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow: run {summary['mlflow_run_id']} in {mlflow_runs.store_uri(params.tracking_uri)} (experiment {params.experiment})")
     if summary.get("model_version"):
         name, _, number = summary["model_version"].rpartition("/")
-        print(f"MLflow model: {name} version {number} (download: mlflow artifacts download -u models:/{name}/{number})")
+        store = mlflow_runs.store_uri(params.tracking_uri)
+        print(f"MLflow model: {name} version {number} (download: MLFLOW_TRACKING_URI={store} mlflow artifacts download -u models:/{name}/{number})")
     print(f"eval table and stage outputs: {Path(params.out_root) / 'pipeline.json'}")
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"total time: {minutes} min {seconds:02d} s")

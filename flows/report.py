@@ -21,6 +21,7 @@ from prefect.artifacts import create_table_artifact
 from tasks import mlflow_runs
 from wrinklefree_core.evaluation.value_table import markdown, text
 
+NOTE_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 # MLflow metric name suffix -> (eval dict part, key) for the size and speed figures of GGUF rows.
 _FIGURES = {
     "mib": ("size", "mib"),
@@ -61,6 +62,7 @@ def publish(
             client.log_artifact(run_id, str(Path(tmp) / "eval.json"))
         mlflow_runs.log_metrics(client, run_id, metrics_of(evals))
         client.set_tag(run_id, "eval.verdict", verdict)
+        client.set_tag(run_id, NOTE_TAG, f"{markdown(rows)}\n\n{verdict}\n")  # the run page's description
     return shown
 
 

@@ -26,6 +26,7 @@ from wrinklefree_core.tracking.store import (  # noqa: F401 - the flows' names f
     set_tags,
     start_run,
     store_uri,
+    ui_link,
 )
 
 
@@ -54,10 +55,3 @@ def loss_curve_png(mlflow_client, run_id: str, path: Path) -> Path | None:
     plt.close(fig)
     return path
 
-
-def run_link(configured: str | None, experiment_id_: str, run_id: str) -> str | None:
-    """The MLflow UI address of a run when the store is an HTTP server, else None."""
-    uri = store_uri(configured)
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id_}/runs/{run_id}"
-    return None

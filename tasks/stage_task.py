@@ -126,7 +126,7 @@ def resume_model_upload(plan: StagePlan, result: dict[str, Any]) -> None:
     """
     from mlflow.exceptions import MlflowException
 
-    from wrinklefree_core.tracking.model_registry import UPLOAD_TAG, publish_model
+    from wrinklefree_core.tracking.model_registry import UPLOAD_TAG, VERSION_TAG, publish_model
 
     gguf = Path(result["uri"])
     tracking = plan.cfg.tracking
@@ -134,21 +134,20 @@ def resume_model_upload(plan: StagePlan, result: dict[str, Any]) -> None:
         return
     client = mlflow_runs.client(tracking.mlflow_uri)
     try:
-        state = client.get_run(result["mlflow_run_id"]).data.tags.get(UPLOAD_TAG)
+        tags = client.get_run(result["mlflow_run_id"]).data.tags
     except MlflowException:  # the cached run lives in another store
         return
-    if state == "complete" and (not tracking.register_model or "wrinklefree.model_version" in client.get_run(result["mlflow_run_id"]).data.tags):
+    if tags.get(UPLOAD_TAG) == "complete" and (not tracking.register_model or VERSION_TAG in tags):
         return
-    publish_model(
-        client, result["mlflow_run_id"], gguf, plan.cfg.model.name, result["metrics"], upload=True, register=tracking.register_model
-    )
+    model = tags.get("model", plan.cfg.model.name)
+    publish_model(client, result["mlflow_run_id"], gguf, model, result["metrics"], upload=True, register=tracking.register_model)
 
 
 def _publish_link(plan: StagePlan, run_id: str, exp_id: str) -> None:
     """A Prefect artifact on this task run that leads to the MLflow run."""
     tracking = plan.cfg.tracking.mlflow_uri
     key = f"mlflow-{plan.stage}"
-    link = mlflow_runs.run_link(tracking, exp_id, run_id)
+    link = mlflow_runs.ui_link(tracking, exp_id, run_id)
     if link:
         create_link_artifact(link, link_text=f"MLflow run of {plan.stage}", key=key, description=f"{plan.stage} -> {plan.out_uri}")
         return

@@ -7,11 +7,21 @@ import transformers/torch._dynamo, which import triton). Should triton still hav
 first, test_triton_interpret.py reruns itself in a fresh process. With CUDA present the kernels are
 compiled and tested on the GPU. An explicit TRITON_INTERPRET in the environment is left alone.
 
+`mlflow_server` (session, started on first use): a real `mlflow server` on loopback with a fresh
+sqlite store and proxied artifacts, for the tests that log over HTTP.
+
 `private_cache_env` (session) is what the stage-test folders build their autouse env fixture from
 (tests/training: `training_env`, tests/flows: `flow_env`); see its docstring.
 """
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +56,46 @@ def private_cache_env(tmp_path_factory):
     for patch in reversed(patches):
         patch.undo()
     torch.set_num_threads(threads)
+
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> tuple[str, Path]:
+    """(URI, artifact folder) of a running `mlflow server`; stopped (its whole process group) at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    server = subprocess.Popen(
+        [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield uri, root / "artifacts"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+        log.close()

@@ -40,17 +40,26 @@ def test_nested_values_are_walked():
     assert redact(value)["n"] == 1.5 and redact(value)["list"][1:] == [3, None]
 
 
-def test_stage_json_of_a_real_convert_keeps_no_secret(tmp_path: Path):
+def test_a_real_convert_logging_to_a_server_keeps_no_secret(tmp_path: Path, mlflow_server):
+    from mlflow import MlflowClient
+
+    server, _ = mlflow_server
     out = tmp_path / "converted"
-    uri = f"http://alice:{SECRET}@127.0.0.1:9/"  # never contacted: the convert command does not track
+    uri = server.replace("http://", f"http://alice:{SECRET}@") + "/"  # the server ignores the login
     proc = subprocess.run(
-        [sys.executable, "-m", "wrinklefree_core.cli", "convert", "model=tiny_llama", f"out={out}", f"tracking.mlflow_uri={uri}"],
+        [sys.executable, "-m", "wrinklefree_core.cli", "convert", "model=tiny_llama", f"out={out}", f"tracking.mlflow_uri={uri}",
+         "tracking.experiment=redact-convert"],
         capture_output=True, text=True, timeout=300,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     text = (out / "stage.json").read_text()
-    assert SECRET not in text and "http://alice:***@127.0.0.1:9/" in text
+    assert SECRET not in text and f"http://alice:***@{server.removeprefix('http://')}/" in text
     assert SECRET not in proc.stdout + proc.stderr
+    client = MlflowClient(server)
+    (run,) = client.search_runs([client.get_experiment_by_name("redact-convert").experiment_id])
+    assert SECRET not in json.dumps([run.data.params, run.data.tags])
+    logged = Path(client.download_artifacts(run.info.run_id, "stage.json", str(tmp_path / "down")))
+    assert SECRET not in logged.read_text()
 
 
 def test_mlflow_params_keep_no_secret(tmp_path: Path):
@@ -69,6 +78,7 @@ def test_mlflow_params_keep_no_secret(tmp_path: Path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     logger = MLFlowLogger(experiment_name="redact-train", tracking_uri=store, artifact_location=str(tmp_path / "art2"))
-    log_config(logger, {"tracking": {"mlflow_uri": f"https://bob:{SECRET}@h/"}, "teacher": f"https://h/m?token={SECRET}"})
+    log_config(logger, {"tracking": {"mlflow_uri": f"https://bob:{SECRET}@h/"}, "teacher": f"https://h/m?token={SECRET}"}, "distill")
     params = MlflowClient(store).get_run(logger.run_id).data.params
-    assert SECRET not in json.dumps(params) and params["tracking.mlflow_uri"] == "https://bob:***@h/"
+    assert SECRET not in json.dumps(params) and params["teacher"] == "https://h/m?token=***"
+    assert "tracking.mlflow_uri" not in params  # where a run is logged is not a param of the stage

@@ -225,6 +225,36 @@ def test_changed_export_field_reruns_only_export(smoke_run, out_root):
     assert client().get_run(changed["mlflow_run_id"]).data.params["export.changes"] == "export.fallback_type=q8_0"
 
 
+def test_a_failed_model_upload_resumes_on_the_next_run(smoke_run, out_root, monkeypatch):
+    """The server goes away while the adapter uploads: the export is kept (and cached), the flow fails
+    saying how to resume, and the next run sends only the missing file, then registers the model."""
+    from wrinklefree_core.tracking.model_registry import ModelUploadError, UPLOAD_TAG, VERSION_TAG
+
+    sent: list[str] = []
+    real = MlflowClient.log_artifact
+
+    def flaky(self, run_id, local_path, artifact_path=None):
+        if artifact_path == "gguf":
+            if local_path.endswith(".lora.gguf") and "down" in sent:
+                raise ConnectionError("tracking server unreachable")
+            sent.append(Path(local_path).name)
+        return real(self, run_id, local_path, artifact_path)
+
+    params = smoke_params(out_root=str(out_root), export={"export": {"verify_threads": 1}})
+    sent.append("down")
+    monkeypatch.setattr(MlflowClient, "log_artifact", flaky)
+    with pytest.raises(ModelUploadError, match="re-run the same command to resume the upload"):
+        full_pipeline(params)
+    sent.remove("down")
+    assert sent == ["tiny_llama.gguf"]
+    again = full_pipeline(params)
+    export = again["stages"]["export"]
+    assert export["cached"] and Path(export["uri"]).is_file()  # the export itself was not redone
+    assert sent == ["tiny_llama.gguf", "tiny_llama.lora.gguf"]  # only the missing file went the second time
+    tags = client().get_run(export["mlflow_run_id"]).data.tags
+    assert tags[UPLOAD_TAG] == "complete" and tags[VERSION_TAG] == again["model_version"]
+
+
 def test_changed_training_field_reruns_that_stage_and_the_ones_after(smoke_run, out_root):
     # Submitted as a form does it: the typed section, validated by Prefect, patched onto the recipe.
     form = {"model": "tiny_llama", "smoke": True, "out_root": str(out_root), "distill": {"training": {"kd": {"temperature": 2.0}}}}

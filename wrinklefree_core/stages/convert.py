@@ -28,7 +28,8 @@ from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
 from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.stages.output_guard import check_output
-from wrinklefree_core.tracking.stage_run import check_store, now_ms, record_stage_run
+from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
+from wrinklefree_core.tracking.store import check_store
 
 
 @dataclass

@@ -38,22 +38,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class TrackingUnavailableError(RuntimeError):
-    """The configured MLflow store cannot be reached or written."""
-
-
-def check_store(cfg) -> None:
-    """Fail before the work when the MLflow store cannot be reached (creating the experiment when new)."""
-    tracking = cfg.tracking
-    try:
-        store.experiment_id(store.client(tracking.mlflow_uri), tracking.experiment, tracking.mlflow_uri)
-    except Exception as exc:
-        raise TrackingUnavailableError(
-            f"the MLflow store {store.store_uri(tracking.mlflow_uri)} cannot be used ({type(exc).__name__}: {exc}); "
-            "start the tracking server, or drop tracking.mlflow_uri to log into the local store"
-        ) from exc
-
-
 def record_stage_run(
     cfg,
     stage: str,
@@ -62,18 +46,21 @@ def record_stage_run(
     metrics: dict[str, float],
     started_ms: int,
     datasets: dict[str, dict[str, tuple[str, Any]]] | None = None,
+    model_name: str | None = None,
 ) -> str:
     """Create, fill and close the MLflow run of a finished convert/export stage; returns its id.
 
-    `datasets`: {context: {name: (source, token rows)}} that the stage read (datasets.py).
+    `datasets`: {context: {name: (source, token rows)}} that the stage read (datasets.py);
+    `model_name`: the source model's name (an export's checkpoint knows it; default `model.name`).
     """
     from wrinklefree_core.tracking.datasets import log_datasets
 
     tracking = cfg.tracking
+    model_name = model_name or cfg.model.name
     client = store.client(tracking.mlflow_uri)
-    tags = {"stage": stage, "model": cfg.model.name, "out": out_uri, **source_tags(f"wrinklefree {stage}")}
+    tags = {"stage": stage, "model": model_name, "out": out_uri, **source_tags(f"wrinklefree {stage}")}
     parent = os.environ.get(store.PARENT_RUN_ENV) or None
-    run_id, _ = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, cfg.model.name), tags, parent, started_ms)
+    run_id, exp_id = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, model_name), tags, parent, started_ms)
     status = "FAILED"
     try:
         store.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), stage))
@@ -88,7 +75,7 @@ def record_stage_run(
             gguf = folder / gguf.name  # the local copy (a gs:// output was published from it)
             try:
                 version = publish_model(
-                    client, run_id, gguf, cfg.model.name, metrics, upload=tracking.model_upload, register=tracking.register_model
+                    client, run_id, gguf, model_name, metrics, upload=tracking.model_upload, register=tracking.register_model
                 )
             except ModelUploadError as exc:
                 print(f"warning: {exc}", flush=True)
@@ -98,4 +85,7 @@ def record_stage_run(
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
+    link = store.ui_link(tracking.mlflow_uri, exp_id, run_id)
+    if link:
+        print(f"MLflow run: {link}", flush=True)
     return run_id

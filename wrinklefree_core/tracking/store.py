@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 
 from wrinklefree_core.config.flatten import recordable
@@ -24,6 +25,8 @@ PARENT_TAG = "mlflow.parentRunId"
 PARENT_RUN_ENV = "WRINKLEFREE_MLFLOW_PARENT_RUN_ID"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow UI: "Model training"
+# The UI's first view is a browser preference (GenAI unless chosen); links ask for the training view.
+UI_VIEW = "workflowType=machine_learning"
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 _BATCH = 100  # MLflow's most params per log_batch
 
@@ -36,6 +39,9 @@ def client(configured: str | None):
 
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow prints "View run ... at <uri>" when a run ends: the URI unmasked (a login in it would reach
+    # every log) and without the training view. Runs are linked by ui_link() instead.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(store_uri(configured))
 
 
@@ -55,6 +61,22 @@ def experiment_id(mlflow_client, name: str, configured: str | None) -> str:
     if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version, or by Lightning's logger
         mlflow_client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow store cannot be reached or written."""
+
+
+def check_store(cfg) -> str:
+    """Fail before a stage's work when its MLflow store cannot be used; returns the experiment id (created when new)."""
+    tracking = cfg.tracking
+    try:
+        return experiment_id(client(tracking.mlflow_uri), tracking.experiment, tracking.mlflow_uri)
+    except Exception as exc:
+        raise TrackingUnavailableError(
+            f"the MLflow store {store_uri(tracking.mlflow_uri)} cannot be used ({type(exc).__name__}: {str(exc)[:300]}); "
+            "start the tracking server, or drop tracking.mlflow_uri to log into the local store"
+        ) from exc
 
 
 def log_params(mlflow_client, run_id: str, params: dict[str, str]) -> None:
@@ -110,6 +132,16 @@ def start_run(
 def end_run(configured: str | None, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run FINISHED / FAILED / KILLED."""
     client(configured).set_terminated(run_id, status=status)
+
+
+def ui_link(configured: str | None, experiment_id_: str, run_id: str) -> str | None:
+    """The MLflow UI address of a run (training view, login masked) when the store is an HTTP server, else None."""
+    from wrinklefree_core.config.redact import redact_text
+
+    uri = store_uri(configured)
+    if uri.startswith(("http://", "https://")):
+        return redact_text(f"{uri.rstrip('/')}/#/experiments/{experiment_id_}/runs/{run_id}?{UI_VIEW}")
+    return None
 
 
 def find_stage_run(configured: str | None, experiment: str, out: str, since_ms: int) -> str | None:

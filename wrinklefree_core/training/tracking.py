@@ -47,7 +47,7 @@ def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = 
         logging.getLogger(name).setLevel(logging.WARNING)
     tags = {**source_tags("wrinklefree train"), **tags}
     if rank_zero_only.rank == 0:  # the only rank that logs
-        store.experiment_id(store.client(cfg.tracking.mlflow_uri), cfg.tracking.experiment, cfg.tracking.mlflow_uri)
+        store.check_store(cfg)
     parent = os.environ.get(PARENT_RUN_ENV)
     if parent:
         tags["mlflow.parentRunId"] = parent

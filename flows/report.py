@@ -46,6 +46,19 @@ def metrics_of(evals: list[dict[str, Any]]) -> dict[str, float]:
     return metrics
 
 
+def log_eval_data(client, run_id: str, evals: list[dict[str, Any]]) -> None:
+    """The held-out rows the table scores, as the pipeline run's dataset inputs (context `eval`).
+
+    Every row is scored on the same rows; the first row that recorded them names them (results cached
+    by an older version carry no record, and then there is nothing to log).
+    """
+    from wrinklefree_core.tracking.datasets import log_described
+
+    described = next((e["datasets"] for e in evals if e.get("datasets")), None)
+    if described:
+        log_described(client, run_id, "eval", described)
+
+
 def publish(
     rows: list[dict[str, Any]], evals: list[dict[str, Any]], verdict: str, tracking_uri: str | None, run_id: str | None
 ) -> str:
@@ -61,6 +74,7 @@ def publish(
             client.log_artifact(run_id, str(Path(tmp) / "eval_table.md"))
             client.log_artifact(run_id, str(Path(tmp) / "eval.json"))
         mlflow_runs.log_metrics(client, run_id, metrics_of(evals))
+        log_eval_data(client, run_id, evals)
         client.set_tag(run_id, "eval.verdict", verdict)
         client.set_tag(run_id, NOTE_TAG, f"{markdown(rows)}\n\n{verdict}\n")  # the run page's description
     return shown

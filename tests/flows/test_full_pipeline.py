@@ -191,6 +191,14 @@ def test_mlflow_shows_what_a_user_looks_for(smoke_run):
     assert [step for step, _ in history] == list(range(5))
     assert [v for _, v in history] == pytest.approx([rows[label]["ppl"] for label in labels], rel=1e-3)
     assert "heldout_ppl_by_stage.png" in artifact_names(parent.info.run_id)
+    # The held-out rows the table scores, as the pipeline run's datasets (the same rows for every row).
+    scored = {i.dataset.name: i.dataset for i in parent.inputs.dataset_inputs}
+    sources = {k.removeprefix("ppl ") for k in rows["export-gguf"] if k.startswith("ppl ")}
+    assert set(scored) == sources and all(json.loads(d.profile)["num_rows"] > 0 for d in scored.values())
+    evals = json.loads(Path(client().download_artifacts(parent.info.run_id, "eval.json")).read_text())["evals"]
+    digests = {e["label"]: {n: d["digest"] for n, d in e["datasets"].items()} for e in evals}
+    assert all(d == {n: x.digest for n, x in scored.items()} for d in digests.values()), digests  # torch and llama.cpp rows alike
+    assert {t.value for i in parent.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"} == {"eval"}
 
 
 def test_prefect_artifacts_published(smoke_run):

@@ -34,6 +34,14 @@ def heldout_rows(cfg: RunConfig, tokenizer, max_sequences: int | None) -> dict[s
     return {name: rows[:max_sequences] for name, rows in val_sets.items()}
 
 
+def describe_heldout(cfg: RunConfig, rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{source: its path, digest, rows and tokens}: which held-out data a score is on (MLflow dataset inputs)."""
+    from wrinklefree_core.tracking.datasets import describe_rows
+
+    specs = {src.name: src.path for src in cfg.data.sources}
+    return {name: describe_rows(specs.get(name, name), r) for name, r in rows.items()}
+
+
 def overall(sources: dict[str, dict[str, float]]) -> tuple[float, float]:
     """Token-weighted (loss, perplexity) over all sources."""
     tokens = sum(r["tokens"] for r in sources.values())
@@ -48,7 +56,7 @@ def torch_perplexity(folder: Path, cfg: RunConfig, max_sequences: int | None) ->
     model, tokenizer, kind = load_for_eval(folder)
     rows = heldout_rows(cfg, tokenizer, max_sequences)
     sources = evaluate_perplexity(model, rows, batch_size=cfg.training.batch_size, eos_token_id=tokenizer.eos_token_id)
-    return {"kind": kind, "sources": sources}
+    return {"kind": kind, "sources": sources, "datasets": describe_heldout(cfg, rows)}
 
 
 def gguf_source_checkpoint(gguf: Path) -> Path:
@@ -104,7 +112,7 @@ def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None) -> di
             sources[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(count)}
     finally:
         llm.close()
-    return {"kind": "gguf", "sources": sources}
+    return {"kind": "gguf", "sources": sources, "datasets": describe_heldout(cfg, rows)}
 
 
 def evaluate_local(path: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:

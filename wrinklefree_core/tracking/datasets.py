@@ -35,26 +35,45 @@ def rows_digest(rows) -> str:
     return h.hexdigest()[:_DIGEST_CHARS]
 
 
-def dataset_input(name: str, spec: str, rows, context: str):
-    """One MLflow DatasetInput for the token rows `rows` of source `spec`."""
+def describe_rows(spec: str, rows) -> dict[str, object]:
+    """What a run records of token rows: their source, digest, row count and tokens (JSON-able, cacheable)."""
+    shape = tuple(rows.shape)
+    return {"source": spec, "digest": rows_digest(rows), "rows": int(shape[0]), "tokens": int(np.prod(shape))}
+
+
+def described_input(name: str, description: dict[str, object], context: str):
+    """One MLflow DatasetInput from describe_rows()' record."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    shape = tuple(rows.shape)
-    profile = {"num_rows": int(shape[0]), "num_elements": int(np.prod(shape))}
+    spec = str(description["source"])
+    rows, tokens = int(description["rows"]), int(description["tokens"])
     dataset = Dataset(
         name=name,
-        digest=rows_digest(rows),
+        digest=str(description["digest"]),
         source_type=_source_type(spec),
         source=json.dumps({"uri": spec}),
-        schema=json.dumps({"token_rows": {"dtype": "int64", "shape": [-1, int(shape[1]) if len(shape) > 1 else 1]}}),
-        profile=json.dumps(profile),
+        schema=json.dumps({"token_rows": {"dtype": "int64", "shape": [-1, tokens // max(rows, 1)]}}),
+        profile=json.dumps({"num_rows": rows, "num_elements": tokens}),
     )
     return DatasetInput(dataset=dataset, tags=[InputTag(key=CONTEXT_TAG, value=context)])
+
+
+def dataset_input(name: str, spec: str, rows, context: str):
+    """One MLflow DatasetInput for the token rows `rows` of source `spec`."""
+    return described_input(name, describe_rows(spec, rows), context)
 
 
 def log_datasets(mlflow_client, run_id: str, splits: Mapping[str, Mapping[str, tuple[str, object]]]) -> int:
     """Log every `splits[context][name] = (source spec, token rows)`; returns how many inputs were logged."""
     inputs = [dataset_input(name, spec, rows, context) for context, by_name in splits.items() for name, (spec, rows) in by_name.items()]
+    if inputs:
+        mlflow_client.log_inputs(run_id, datasets=inputs)
+    return len(inputs)
+
+
+def log_described(mlflow_client, run_id: str, context: str, described: Mapping[str, dict[str, object]]) -> int:
+    """Log describe_rows() records {name: record} under `context`; returns how many."""
+    inputs = [described_input(name, record, context) for name, record in described.items()]
     if inputs:
         mlflow_client.log_inputs(run_id, datasets=inputs)
     return len(inputs)

@@ -69,7 +69,7 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
     cfg = plan.cfg
     tracking = cfg.tracking.mlflow_uri
     client = mlflow_runs.client(tracking)
-    exp_id = mlflow_runs.experiment_id(client, cfg.tracking.experiment, tracking)
+    exp_id = mlflow_runs.experiment_id(client, cfg.tracking.experiment)
     run_id = None
     if run.logged_out:
         run_id = mlflow_runs.find_stage_run(tracking, cfg.tracking.experiment, run.logged_out, started_ms)

@@ -7,6 +7,11 @@ import transformers/torch._dynamo, which import triton). Should triton still hav
 first, test_triton_interpret.py reruns itself in a fresh process. With CUDA present the kernels are
 compiled and tested on the GPU. An explicit TRITON_INTERPRET in the environment is left alone.
 
+`mlflow_store` (session, autouse): MLFLOW_TRACKING_URI points at a sqlite file of the session, so
+stages run from tests that keep the user's cache folder (CLI tests in tests/stages, tests/export)
+log there, never into the user's own store; `private_cache_env` removes it again, so the sessions
+with a private cache exercise the default store under that cache.
+
 `mlflow_server` (session, started on first use): a real `mlflow server` on loopback with a fresh
 sqlite store and proxied artifacts, for the tests that log over HTTP.
 
@@ -30,11 +35,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    store = f"sqlite:///{tmp_path_factory.mktemp('mlflow-store') / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", store)
+    yield store
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
-def private_cache_env(tmp_path_factory):
+def private_cache_env(tmp_path_factory, mlflow_store):
     """Factory: `private_cache_env(name, **extra_env)` -> a fresh cache folder the session now uses.
 
-    It points WRINKLEFREE_CACHE at the folder, sets OMP_NUM_THREADS=1, TOKENIZERS_PARALLELISM=false
+    It points WRINKLEFREE_CACHE at the folder (and the MLflow default store with it), sets OMP_NUM_THREADS=1, TOKENIZERS_PARALLELISM=false
     and `extra_env` in os.environ (so CLI and worker subprocesses inherit them) and torch to one
     thread: on a shared 2-core machine two OpenMP threads per process slow tiny-model steps down
     badly. Each caller gets its own folder; everything is undone when the session ends.
@@ -49,6 +63,7 @@ def private_cache_env(tmp_path_factory):
         env = {"WRINKLEFREE_CACHE": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env}
         for key, value in env.items():
             patch.setenv(key, value)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, under this cache
         torch.set_num_threads(1)
         return root
 

@@ -13,21 +13,30 @@ def cache_dir() -> Path:
     return root
 
 
-def mlflow_store_uri(configured: str | None) -> str:
-    """`configured`, else the default MLflow sqlite store under the cache folder (created here).
+def mlflow_configured_uri(configured: str | None) -> str | None:
+    """`configured` (tracking.mlflow_uri), else $MLFLOW_TRACKING_URI, else None (the default store)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
 
-    Training stages and the orchestration layer both log here, so a pipeline run and its stage runs
-    land in one store unless a server URI is configured.
+
+def mlflow_store_uri(configured: str | None) -> str:
+    """`configured`, else $MLFLOW_TRACKING_URI, else the default MLflow sqlite store under the cache folder (created here).
+
+    Every stage and the orchestration layer log here, so a pipeline run and its stage runs land in
+    one store unless a server URI is configured.
     """
-    if configured:
-        return configured
+    uri = mlflow_configured_uri(configured)
+    if uri:
+        return uri
     folder = cache_dir() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def mlflow_artifact_location() -> str:
-    """Artifact root for experiments created in the default MLflow store."""
-    folder = cache_dir() / "mlflow" / "artifacts"
+def mlflow_artifact_location(store: str) -> str | None:
+    """Artifact root for experiments created in `store`: beside a sqlite file (`<folder>/artifacts`); None for
+    a server, which decides (MLflow's own default for a sqlite store is ./mlruns in the working directory)."""
+    if not store.startswith("sqlite:///"):
+        return None
+    folder = Path(store.removeprefix("sqlite:///")).parent / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     return folder.as_uri()

@@ -24,5 +24,5 @@ def mlflow_client(store):
 def run_id(mlflow_client, store, tmp_path) -> str:
     from wrinklefree_core.tracking.store import experiment_id
 
-    exp = experiment_id(mlflow_client, "tests", None)
+    exp = experiment_id(mlflow_client, "tests")
     return mlflow_client.create_run(exp).info.run_id

@@ -1,11 +1,13 @@
 """The MLflow store and the plain operations on it: experiments, runs, params and metrics in batches.
 
 Design choices:
-- The store is `tracking.mlflow_uri`, else `sqlite:///<cache>/mlflow/mlflow.db` with artifacts under
+- The store is `tracking.mlflow_uri`, else $MLFLOW_TRACKING_URI (MLflow's own variable), else
+  `sqlite:///<cache>/mlflow/mlflow.db`, with a sqlite store's artifacts beside it, e.g.
   `<cache>/mlflow/artifacts` (wrinklefree_core/paths.py): no server, works offline.
-- An experiment this code creates is typed `custom_model_development` (the experiment tag MLflow's
-  UI reads), so it opens in the training view with its runs, not in the GenAI view with empty
-  trace panels. An experiment whose kind a user has set keeps it.
+- An experiment this code creates is typed `custom_model_development` (the tag behind the UI's
+  experiment-type selector); one whose kind a user has set keeps it. Which view the UI opens first
+  is a browser preference (GenAI by default, measured with MLflow 3.17), so links ask for the
+  training view (`UI_VIEW`).
 - Params are text, secrets of URIs masked, empty values left out (config/flatten.py `recordable`).
 - Non-finite metric values are dropped: MLflow stores them inconsistently across backends.
 """
@@ -45,11 +47,11 @@ def client(configured: str | None):
     return MlflowClient(store_uri(configured))
 
 
-def experiment_id(mlflow_client, name: str, configured: str | None) -> str:
-    """Id of experiment `name`, created (typed for model training) when missing."""
+def experiment_id(mlflow_client, name: str) -> str:
+    """Id of experiment `name`, created (typed for model training, artifacts beside a sqlite store) when missing."""
     exp = mlflow_client.get_experiment_by_name(name)
     if exp is None:
-        location = None if configured else mlflow_artifact_location()
+        location = mlflow_artifact_location(mlflow_client.tracking_uri)
         try:
             exp_id = mlflow_client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # created concurrently by another process
@@ -71,7 +73,7 @@ def check_store(cfg) -> str:
     """Fail before a stage's work when its MLflow store cannot be used; returns the experiment id (created when new)."""
     tracking = cfg.tracking
     try:
-        return experiment_id(client(tracking.mlflow_uri), tracking.experiment, tracking.mlflow_uri)
+        return experiment_id(client(tracking.mlflow_uri), tracking.experiment)
     except Exception as exc:
         raise TrackingUnavailableError(
             f"the MLflow store {store_uri(tracking.mlflow_uri)} cannot be used ({type(exc).__name__}: {str(exc)[:300]}); "
@@ -121,7 +123,7 @@ def start_run(
 ) -> tuple[str, str]:
     """Create a running MLflow run, started at `start_ms` (epoch ms; None = now); returns (run_id, experiment_id)."""
     c = client(configured)
-    exp_id = experiment_id(c, experiment, configured)
+    exp_id = experiment_id(c, experiment)
     tags = {"mlflow.runName": name, **tags}
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id

@@ -2,7 +2,7 @@
 
 Design choices:
 - Lightning's MLFlowLogger carries the per-step metrics. The tracking URI is `tracking.mlflow_uri`,
-  else a sqlite store in the cache folder (`sqlite:///<cache>/mlflow/mlflow.db`, artifacts under
+  else $MLFLOW_TRACKING_URI, else a sqlite store in the cache folder (`sqlite:///<cache>/mlflow/mlflow.db`, artifacts under
   `<cache>/mlflow/artifacts`), which needs no server and works offline.
 - A resumed run continues the same MLflow run (its id is in the checkpoint's run.json), so one
   stage run is one MLflow run with one continuous curve; steps between the last checkpoint and a
@@ -38,7 +38,6 @@ PARENT_RUN_ENV = store.PARENT_RUN_ENV
 
 
 tracking_uri = mlflow_store_uri
-default_artifact_location = mlflow_artifact_location
 
 
 def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = None) -> MLFlowLogger:
@@ -57,7 +56,7 @@ def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = 
         run_name=run_name,
         run_id=run_id,
         tags=tags,
-        artifact_location=None if cfg.tracking.mlflow_uri else default_artifact_location(),
+        artifact_location=mlflow_artifact_location(tracking_uri(cfg.tracking.mlflow_uri)),
     )
 
 

@@ -32,3 +32,17 @@ def test_experiments_are_typed_for_model_training_unless_a_user_chose(store, tmp
     chosen = c.create_experiment("chosen", artifact_location=str(tmp_path / "b"), tags={EXPERIMENT_KIND_TAG: "genai_development"})
     experiment_id(c, "chosen")
     assert c.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_a_checkpoint_names_the_model_it_descends_from(tmp_path):
+    import json
+
+    from wrinklefree_core.stages.manifest import source_model_name
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    assert source_model_name(folder, "fallback") == "fallback"  # no stage.json
+    (folder / "stage.json").write_text(json.dumps({"stage": "convert", "created_at": "2026-12-07T00:00:00Z", "config": {"model": {"name": "tiny_llama_256"}}}))
+    assert source_model_name(folder, "fallback") == "tiny_llama_256"
+    (folder / "stage.json").write_text("{not json")
+    assert source_model_name(folder, "fallback") == "fallback"

@@ -121,7 +121,7 @@ def test_one_mlflow_run_with_params_metrics_and_stage_json(trained):
     assert run.info.status == "FINISHED"
     assert run.data.params["training.name"] == "bitdistill_full"
     assert run.data.params["training.optimizer.lr"] == "0.003"
-    assert run.data.tags["stage"] == "distill"
+    assert run.data.tags["stage"] == "distill" and run.info.run_name.startswith("4-distill-")
     steps = [s for s, _ in history(out, "train/loss")]
     assert steps == list(range(1, STEPS + 1))
     for key in ("train/logits_kd", "train/attention_kd", "grad/norm", "quant/lambda", "throughput/tokens_per_s", "lr/adamw_decay"):

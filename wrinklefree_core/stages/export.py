@@ -21,7 +21,7 @@ from wrinklefree_core.export.verify import VERIFICATION_NAME, export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.stages.artifact_io import local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json, read_manifest
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.stages.output_guard import check_output
 from wrinklefree_core.storage.atomic import remove_dead_leftovers
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
@@ -43,14 +43,6 @@ def _write_manifest(folder: Path, text: str) -> None:
     tmp = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
     tmp.write_text(text)
     os.replace(tmp, folder / MANIFEST_NAME)
-
-
-def source_model_name(checkpoint: str | Path, cfg: RunConfig) -> str:
-    """The name of the model a checkpoint was converted from (its stage.json), else `model.name`."""
-    try:
-        return str(read_manifest(checkpoint).config["model"]["name"])
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return cfg.model.name
 
 
 def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
@@ -111,5 +103,5 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     if uri != str(out):
         summary += f"\npublished to {uri}"
     result = StageResult(out=out, metrics=metrics, uri=uri)
-    record_stage_run(cfg, "export", target.uri, manifest_folder, metrics, started_ms, model_name=source_model_name(checkpoint, cfg))
+    record_stage_run(cfg, "export", target.uri, manifest_folder, metrics, started_ms, model_name=source_model_name(checkpoint, cfg.model.name))
     return result, summary

@@ -77,6 +77,14 @@ def manifest_json(manifest: StageManifest) -> str:
     return json.dumps(manifest.model_dump(), indent=2, sort_keys=False) + "\n"
 
 
+def source_model_name(folder: str | Path, default: str) -> str:
+    """The name of the model a checkpoint folder descends from (its stage.json's config), else `default`."""
+    try:
+        return str(read_manifest(folder).config["model"]["name"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return default
+
+
 def read_manifest(folder: str | Path) -> StageManifest:
     """Read and validate a folder's stage.json."""
     path = Path(folder) / MANIFEST_NAME

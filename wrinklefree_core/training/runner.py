@@ -61,7 +61,7 @@ from wrinklefree_core.objectives import ObjectiveManager
 from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
 from wrinklefree_core.stages.convert import StageResult
 from wrinklefree_core.storage.uri import is_remote
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.stages.output_guard import check_output, differing_keys
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
@@ -280,10 +280,12 @@ def run_train(cfg: RunConfig) -> StageResult:
     config = redact(cfg.model_dump(mode="json"))  # run.json, MLflow params, stage.json: no URI secrets
     trainable, total = trainable_count(student.model)
     run_id = _known_run(cfg, resume.get("mlflow_run_id")) if resume is not None else None
+    # A checkpoint names the model it descends from; `model.name` is the config's default when only checkpoint= is given.
+    model_name = source_model_name(local_path(cfg.checkpoint, cfg.gcs), cfg.model.name) if cfg.checkpoint else cfg.model.name
     logger = build_logger(
         cfg,
-        run_name=run_name(stage, cfg.model.name),
-        tags={"stage": stage, "recipe": cfg.training.name, "model": cfg.model.name, "out": target.uri},
+        run_name=run_name(stage, model_name),
+        tags={"stage": stage, "recipe": cfg.training.name, "model": model_name, "out": target.uri},
         run_id=run_id,
     )
     if run_id is None:

@@ -62,7 +62,7 @@ class PipelineParams(BaseModel):
     eval: EvalParams = Field(EvalParams(), title="eval: the held-out table", description="The held-out rows every artifact is scored on.")
     eval_max_sequences: int | None = Field(64, gt=0, description="Held-out rows per source scored for the table (null = all).")
     out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (out_root/stage/key); a folder or gs://bucket/prefix.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else a sqlite store in the WrinkleFree cache folder.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = $WRINKLEFREE_MLFLOW_STORE, else a sqlite store in the WrinkleFree cache folder.")
     experiment: str = Field("wrinklefree", description="MLflow experiment of the pipeline run and its stage runs.")
     refresh: bool = Field(False, description="Recompute every stage even when a cached result matches.")
 

@@ -7,7 +7,7 @@ import transformers/torch._dynamo, which import triton). Should triton still hav
 first, test_triton_interpret.py reruns itself in a fresh process. With CUDA present the kernels are
 compiled and tested on the GPU. An explicit TRITON_INTERPRET in the environment is left alone.
 
-`mlflow_store` (session, autouse): MLFLOW_TRACKING_URI points at a sqlite file of the session, so
+`mlflow_store` (session, autouse): WRINKLEFREE_MLFLOW_STORE points at a sqlite file of the session, so
 stages run from tests that keep the user's cache folder (CLI tests in tests/stages, tests/export)
 log there, never into the user's own store; `private_cache_env` removes it again, so the sessions
 with a private cache exercise the default store under that cache.
@@ -39,7 +39,7 @@ if not torch.cuda.is_available():
 def mlflow_store(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     store = f"sqlite:///{tmp_path_factory.mktemp('mlflow-store') / 'mlflow.db'}"
-    patch.setenv("MLFLOW_TRACKING_URI", store)
+    patch.setenv("WRINKLEFREE_MLFLOW_STORE", store)
     yield store
     patch.undo()
 
@@ -63,7 +63,7 @@ def private_cache_env(tmp_path_factory, mlflow_store):
         env = {"WRINKLEFREE_CACHE": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra_env}
         for key, value in env.items():
             patch.setenv(key, value)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default store, under this cache
+        patch.delenv("WRINKLEFREE_MLFLOW_STORE", raising=False)  # the default store, under this cache
         torch.set_num_threads(1)
         return root
 

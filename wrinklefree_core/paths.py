@@ -14,12 +14,16 @@ def cache_dir() -> Path:
 
 
 def mlflow_configured_uri(configured: str | None) -> str | None:
-    """`configured` (tracking.mlflow_uri), else $MLFLOW_TRACKING_URI, else None (the default store)."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or None
+    """`configured` (tracking.mlflow_uri), else $WRINKLEFREE_MLFLOW_STORE, else None (the default store).
+
+    Not MLflow's own MLFLOW_TRACKING_URI: `mlflow.set_tracking_uri()` (which Lightning's logger calls)
+    rewrites that variable for the whole process, so one stage's store would become the next one's.
+    """
+    return configured or os.environ.get("WRINKLEFREE_MLFLOW_STORE") or None
 
 
 def mlflow_store_uri(configured: str | None) -> str:
-    """`configured`, else $MLFLOW_TRACKING_URI, else the default MLflow sqlite store under the cache folder (created here).
+    """`configured`, else $WRINKLEFREE_MLFLOW_STORE, else the default MLflow sqlite store under the cache folder (created here).
 
     Every stage and the orchestration layer log here, so a pipeline run and its stage runs land in
     one store unless a server URI is configured.

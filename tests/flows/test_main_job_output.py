@@ -40,6 +40,6 @@ def test_main_job_output_is_clean_and_ends_with_a_summary(tmp_path):
     assert any(ln.startswith("export-gguf") for ln in tail[-16:]), "the eval table is in the final summary"
     assert any(ln.startswith("MLflow model: wrinklefree-tiny_llama version ") for ln in tail[-8:]), "where to download the model"
     store = f"sqlite:///{Path(env['WRINKLEFREE_CACHE']) / 'mlflow' / 'mlflow.db'}"  # the default store, under the cache
-    assert "MLFLOW_TRACKING_URI" not in env and f"in {store} (experiment wrinklefree)" in output
+    assert "WRINKLEFREE_MLFLOW_STORE" not in env and f"in {store} (experiment wrinklefree)" in output
     gguf_dir = next(out_root.glob("export/*"))
     assert (gguf_dir / "llama_cpp.log").read_text().count("\n") > 10, "llama.cpp's log went to its file"

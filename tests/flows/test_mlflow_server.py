@@ -73,7 +73,8 @@ def test_registered_gguf_downloads_from_the_server_and_runs_in_llamacpp(server_r
     stored = list(artifacts.rglob(local.name))
     assert len(stored) == 1 and _sha(stored[0]) == _sha(local)
 
-    got = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp_path), tracking_uri=uri))
+    source = MlflowClient(uri).get_model_version_download_uri(name, version)  # the registry's answer, through the server
+    got = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=uri))
     assert sorted(p.name for p in got.iterdir()) == sorted([local.name, local_lora.name])
     assert _sha(got / local.name) == _sha(local) and _sha(got / local_lora.name) == _sha(local_lora)
 

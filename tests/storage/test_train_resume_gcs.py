@@ -57,7 +57,7 @@ def overrides(out: str) -> list[str]:
 
 def env_with_cache(cache: Path) -> dict[str, str]:
     env = dict(os.environ, WRINKLEFREE_CACHE=str(cache), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default store under `cache`, which losses() reads
+    env.pop("WRINKLEFREE_MLFLOW_STORE", None)  # the default store under `cache`, which losses() reads
     return env
 
 

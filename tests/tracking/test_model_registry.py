@@ -35,11 +35,8 @@ def test_publish_uploads_both_files_and_registers_a_version(mlflow_client, run_i
     mv = mlflow_client.get_model_version(name, version)
     assert mv.run_id == run_id and mv.tags["bits_per_weight"] == "1.9" and mv.tags["verify_passed"] == "1"
     assert mv.tags["files"] == "m.gguf, m.lora.gguf"
-    mlflow.set_tracking_uri(mlflow_client.tracking_uri)
-    try:
-        got = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp_path / "down")))
-    finally:
-        mlflow.set_tracking_uri(None)
+    source = mlflow_client.get_model_version_download_uri(name, version)  # where the registry says the files are
+    got = Path(mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path / "down"), tracking_uri=mlflow_client.tracking_uri))
     assert _sha(got / "m.gguf") == _sha(gguf) and _sha(got / "m.lora.gguf") == _sha(gguf.with_name("m.lora.gguf"))
     # Publishing again (a pipeline re-run, a cache hit) neither re-sends nor registers a second version.
     assert publish_model(mlflow_client, run_id, gguf, "tiny", metrics) == (name, "1")

@@ -10,9 +10,9 @@ from wrinklefree_core.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 def test_configured_then_environment_then_the_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WRINKLEFREE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WRINKLEFREE_MLFLOW_STORE", raising=False)
     assert mlflow_store_uri(None) == f"sqlite:///{tmp_path / 'cache' / 'mlflow' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    monkeypatch.setenv("WRINKLEFREE_MLFLOW_STORE", "http://127.0.0.1:5000")
     assert mlflow_store_uri(None) == "http://127.0.0.1:5000"
     assert mlflow_store_uri("sqlite:////x/y.db") == "sqlite:////x/y.db"
 

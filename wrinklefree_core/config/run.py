@@ -25,7 +25,7 @@ GROUPS = ("model", "training", "data", "compute")
 class TrackingConfig(Section):
     """Where runs are logged."""
 
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null = $MLFLOW_TRACKING_URI, else a sqlite store under the cache folder.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; null = $WRINKLEFREE_MLFLOW_STORE, else a sqlite store under the cache folder.")
     experiment: str = Field("wrinklefree", description="MLflow experiment name.")
     model_upload: bool = Field(
         True, description="Copy the exported GGUF and its adapter into the export run's MLflow artifacts; false = record their path only."

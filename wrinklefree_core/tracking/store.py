@@ -1,7 +1,7 @@
 """The MLflow store and the plain operations on it: experiments, runs, params and metrics in batches.
 
 Design choices:
-- The store is `tracking.mlflow_uri`, else $MLFLOW_TRACKING_URI (MLflow's own variable), else
+- The store is `tracking.mlflow_uri`, else $WRINKLEFREE_MLFLOW_STORE (not MLflow's own variable: paths.py), else
   `sqlite:///<cache>/mlflow/mlflow.db`, with a sqlite store's artifacts beside it, e.g.
   `<cache>/mlflow/artifacts` (wrinklefree_core/paths.py): no server, works offline.
 - An experiment this code creates is typed `custom_model_development` (the tag behind the UI's

@@ -2,7 +2,7 @@
 
 Design choices:
 - Lightning's MLFlowLogger carries the per-step metrics. The tracking URI is `tracking.mlflow_uri`,
-  else $MLFLOW_TRACKING_URI, else a sqlite store in the cache folder (`sqlite:///<cache>/mlflow/mlflow.db`, artifacts under
+  else $WRINKLEFREE_MLFLOW_STORE, else a sqlite store in the cache folder (`sqlite:///<cache>/mlflow/mlflow.db`, artifacts under
   `<cache>/mlflow/artifacts`), which needs no server and works offline.
 - A resumed run continues the same MLflow run (its id is in the checkpoint's run.json), so one
   stage run is one MLflow run with one continuous curve; steps between the last checkpoint and a

@@ -117,7 +117,7 @@ def build_checkpoint(shape: Shape) -> tuple[Path, bool]:
     from wrinklefree_core.config.model import ModelConfig, RandomInitConfig
     from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
     from wrinklefree_core.models.convert import convert_to_bitnet
-    from wrinklefree_core.models.settings import BitNetSettings
+    from wrinklefree_core.config.bitnet import BitNetSettings
     from wrinklefree_core.models.sources import load_hf_model, materialize
     from wrinklefree_core.paths import cache_dir
 

@@ -146,7 +146,7 @@ def make_variants(base: nn.Module, ablate: bool, device: torch.device) -> list[V
     """plain (nn.Linear), bitnet (SubLN bitdistill, lambda 1) and, with `ablate`, bitnet without SubLN."""
     from wrinklefree_core.config.training import OptimizerConfig
     from wrinklefree_core.models.convert import convert_to_bitnet
-    from wrinklefree_core.models.settings import BitNetSettings
+    from wrinklefree_core.config.bitnet import BitNetSettings
     from wrinklefree_core.training.optimizers import build_optimizer
 
     models = {"plain": base}

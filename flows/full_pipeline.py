@@ -53,7 +53,7 @@ def teacher_uri(convert_result: dict[str, Any]) -> str | None:
     folder = Path(convert_result["folder"])
     if not (folder / "stage.json").is_file():
         return None
-    from wrinklefree_core.stages.manifest import read_manifest
+    from wrinklefree_core.artifacts.manifest import read_manifest
 
     return read_manifest(folder).inputs.get("source_model")
 

@@ -56,7 +56,7 @@ def model_from_upstream(upstream_uri: str | None) -> str | None:
     """`model=` value matching a local checkpoint's stage.json (a config option name or an HF folder)."""
     if not upstream_uri or upstream_uri.startswith("gs://") or not (Path(upstream_uri) / "stage.json").is_file():
         return None
-    from wrinklefree_core.stages.manifest import read_manifest
+    from wrinklefree_core.artifacts.manifest import read_manifest
 
     model = read_manifest(upstream_uri).config.get("model", {})
     if model.get("name") in group_options("model"):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.manifest import MANIFEST_NAME
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME
 
 # Bump when the meaning of a cached result changes without a package version bump.
 KEY_VERSION = 1

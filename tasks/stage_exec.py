@@ -2,7 +2,7 @@
 
 Local (compute.backend=local): the stage function runs here with the planned URIs; the stage itself
 downloads gs:// inputs (cached) and publishes a gs:// output with its completion marker
-(wrinklefree_core/stages/artifact_io.py), exactly as `wrinklefree <stage> out=gs://...` does.
+(wrinklefree_core/artifacts/io.py), exactly as `wrinklefree <stage> out=gs://...` does.
 
 SkyPilot (compute.backend=skypilot): tasks/skypilot_task.py builds the job (`wrinklefree <stage>
 ... compute.backend=local` on the node) and tasks/skypilot_launch.py runs it to the end. gs:// URIs
@@ -88,7 +88,7 @@ def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str]
             f"compute.backend=skypilot needs tasks/skypilot_task.py, tasks/skypilot_launch.py and skypilot ({exc}); "
             "use compute=local meanwhile"
         ) from exc
-    from wrinklefree_core.stages.manifest import read_manifest
+    from wrinklefree_core.artifacts.manifest import read_manifest
 
     cfg = plan.cfg
 
@@ -116,9 +116,9 @@ def fetch_records(plan: StagePlan) -> Path:
     in the bucket. Raises IncompleteUploadError when the output has no completion marker.
     """
     from wrinklefree_core.paths import cache_dir
-    from wrinklefree_core.stages.manifest import MANIFEST_NAME
+    from wrinklefree_core.artifacts.manifest import MANIFEST_NAME
     from wrinklefree_core.storage.gcs import GCSStore, IncompleteUploadError
-    from wrinklefree_core.storage.uri import parse_uri
+    from wrinklefree_core.uri import parse_uri
 
     uri = parse_uri(plan.folder_uri)
     store = GCSStore(plan.cfg.gcs)

@@ -12,7 +12,7 @@ Commands:
 
 Overrides use the config syntax documented in docs/configuration.md (`group=option`, `a.b=value`).
 Inputs (`model=`, `checkpoint=`, `teacher=`) and `out=` may be gs://bucket/prefix URIs; with
-`gcs.enabled=true gcs.bucket=NAME` and no `out=`, outputs go to that bucket (stages/artifact_io.py).
+`gcs.enabled=true gcs.bucket=NAME` and no `out=`, outputs go to that bucket (artifacts/io.py).
 Errors exit non-zero with one line that says what is wrong and what to use instead.
 """
 
@@ -110,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from wrinklefree_core.config import compose
-    from wrinklefree_core.stages.artifact_io import local_inputs
+    from wrinklefree_core.artifacts.io import local_inputs
     from wrinklefree_core.training.evaluate import run_eval
 
     cfg = compose("eval", args.overrides)

@@ -15,7 +15,7 @@ from wrinklefree_core.export.verify import VerificationError
 from wrinklefree_core.models.architectures import UnsupportedArchitectureError
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.models.sources import ModelSourceError
-from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.uri import StorageError
 from wrinklefree_core.tracking.model_registry import ModelUploadError
 from wrinklefree_core.tracking.store import TrackingUnavailableError
 from wrinklefree_core.training.errors import ResumeError, TeacherError, TrainingDivergedError

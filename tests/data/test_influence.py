@@ -21,7 +21,7 @@ from wrinklefree_core.data.influence import (
 )
 from wrinklefree_core.data.mixture import MixtureSampler
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 
 def exact_scores(grads: torch.Tensor, probe: torch.Tensor, lam: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ from wrinklefree_core.evaluation.adapter import adapter_share
 from wrinklefree_core.models.checkpoint import save_bitnet_checkpoint
 from wrinklefree_core.models.convert import bitlinear_modules, convert_to_bitnet
 from wrinklefree_core.models.lrc import add_lrc_adapters, lrc_parameters, lrc_settings_of
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from tests.models.tiny import tiny_model
 
 

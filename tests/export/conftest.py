@@ -21,7 +21,7 @@ import torch
 from wrinklefree_core.config import compose
 from wrinklefree_core.models.checkpoint import save_bitnet_checkpoint
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.sources import load_hf_model, materialize
 
 EMBED_SCALE = 25.0

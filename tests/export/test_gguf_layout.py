@@ -12,7 +12,7 @@ from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import ExportError, plan_layout, write_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 
 def plan(arch: str, **settings):

@@ -35,7 +35,7 @@ from wrinklefree_core.export import hf_export
 from wrinklefree_core.export.hf_export import HFExportError, check_hf_exportable, export_hf, pack_ternary
 from wrinklefree_core.models.bitlinear import BitLinear, set_quant_lambda
 from wrinklefree_core.models.checkpoint import CheckpointError, load_bitnet_checkpoint
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.quant.reference import activation_scale, quantize_activation
 
 UNTIED = ("model.random.tie_word_embeddings=false",)

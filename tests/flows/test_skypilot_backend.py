@@ -14,7 +14,7 @@ import tasks.stage_exec as stage_exec
 import tasks.stage_plan as stage_plan
 from tasks.mlflow_runs import PARENT_RUN_ENV
 from tests.storage.conftest import bucket, emulator, emulator_server  # noqa: F401 - fixtures
-from wrinklefree_core.stages.manifest import build_manifest, manifest_json
+from wrinklefree_core.artifacts.manifest import build_manifest, manifest_json
 from wrinklefree_core.storage.gcs import GCSStore
 
 

@@ -25,7 +25,7 @@ from wrinklefree_core.models.checkpoint import (
     save_bitnet_checkpoint,
 )
 from wrinklefree_core.models.convert import bitlinear_modules, convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 
 def converted(arch: str, settings: BitNetSettings | None = None, seed: int = 0):

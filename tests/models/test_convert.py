@@ -24,7 +24,7 @@ from wrinklefree_core.models.architectures import (
 )
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.convert import bitlinear_modules, convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 PROJECTIONS = (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -20,7 +20,7 @@ from wrinklefree_core.models.gptq_init import (
     inverse_cholesky,
     output_error,
 )
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.quant.reference import weight_quant_ref
 
 

@@ -19,7 +19,7 @@ from wrinklefree_core.models.lrc import (
     lrc_rank,
     lrc_settings_of,
 )
-from wrinklefree_core.models.settings import BitNetSettings, LRCSettings
+from wrinklefree_core.config.bitnet import BitNetSettings, LRCSettings
 
 
 def bitlinear(in_features=64, out_features=48, bias=True, sub_norm_eps=None, seed=0) -> BitLinear:

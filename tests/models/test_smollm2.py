@@ -11,7 +11,7 @@ import torch
 from wrinklefree_core.config import compose
 from wrinklefree_core.data.corpora import corpus_files
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.sources import load_hf_model, materialize
 
 pytestmark = pytest.mark.slow

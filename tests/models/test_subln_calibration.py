@@ -10,7 +10,7 @@ import torch
 from tests.models.tiny import tiny_model, token_ids
 from wrinklefree_core.models.bitlinear import set_quant_lambda
 from wrinklefree_core.models.convert import bitlinear_modules, convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.subln_calibration import SubLNStats, apply_subln_gains, fit_subln_gains
 
 

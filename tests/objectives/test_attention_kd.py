@@ -10,7 +10,7 @@ import torch
 
 from tests.models.tiny import tiny_llama, tiny_qwen3, token_ids
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.objectives.attention_kd import attention_relation_loss, capture_qkv, relation_kl
 
 

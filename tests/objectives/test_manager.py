@@ -17,7 +17,7 @@ from wrinklefree_core.config.training import (
     TrainingConfig,
 )
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.objectives import capture_qkv
 from wrinklefree_core.objectives.ce import cross_entropy_loss
 from wrinklefree_core.objectives.dlm import dlm_loss

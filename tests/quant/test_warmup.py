@@ -7,7 +7,7 @@ import math
 import pytest
 from torch import nn
 
-from wrinklefree_core.models.bitlinear import BitLinear
+from wrinklefree_core.models.bitlinear import BitLinear, set_quant_lambda
 from wrinklefree_core.quant import LambdaWarmup
 
 
@@ -58,17 +58,17 @@ def test_state_dict_round_trip_resumes_at_the_same_value():
     assert all(isinstance(v, (int, float, str)) for v in state.values())
 
 
-def test_apply_writes_into_bitlinear_modules():
+def test_the_value_goes_into_every_bitlinear_in_place():
     model = nn.Sequential(BitLinear(8, 16), nn.ReLU(), nn.Sequential(BitLinear(16, 4, bias=True)), nn.Linear(4, 2))
     buffers = [m.quant_lambda for m in model.modules() if isinstance(m, BitLinear)]
     ptrs = [b.data_ptr() for b in buffers]
     sched = _advance(LambdaWarmup(warmup_steps=4), 1)
-    assert sched.apply(model) == 0.25
+    set_quant_lambda(model, sched.value)
     for m in model.modules():
         if isinstance(m, BitLinear):
             assert m.quant_lambda.item() == 0.25
     # written in place: a compiled model keeps reading the same buffers
     assert [m.quant_lambda.data_ptr() for m in model.modules() if isinstance(m, BitLinear)] == ptrs
-    _advance(sched, 3).apply(model)
+    set_quant_lambda(model, _advance(sched, 3).value)
     assert all(b.item() == 1.0 for b in buffers)
     assert not hasattr(model[3], "quant_lambda")

@@ -15,8 +15,8 @@ from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.convert import bitlinear_modules
 from wrinklefree_core.models.sources import load_hf_model, materialize
-from wrinklefree_core.stages.convert import convert_for_run
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.models.conversion import convert_for_run
+from wrinklefree_core.artifacts.manifest import read_manifest
 
 
 def wrinklefree(*args: str) -> subprocess.CompletedProcess:

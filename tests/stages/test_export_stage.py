@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.stages.test_convert_stage import wrinklefree
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.artifacts.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from wrinklefree_core.config.storage import GCSConfig
 from wrinklefree_core.storage.artifacts import default_output_uri, publish_output, resolve_input, staging_dir
-from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.uri import StorageError
 
 
 def write(folder: Path, files: dict[str, bytes]) -> None:

@@ -30,7 +30,7 @@ from wrinklefree_core.storage.gcs import (
     IncompleteUploadError,
 )
 from wrinklefree_core.storage.manifest import MARKER_NAME, Manifest
-from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.uri import StorageError
 
 MiB = 1024 * 1024
 

@@ -21,7 +21,7 @@ from google.cloud import storage
 
 from tests.storage.conftest import EMULATOR_VAR
 from wrinklefree_core import cli
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.artifacts.manifest import read_manifest
 from wrinklefree_core.storage.artifacts import resolve_input
 from wrinklefree_core.storage.gcs import GCSStore
 from wrinklefree_core.storage.manifest import MARKER_NAME

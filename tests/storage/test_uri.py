@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wrinklefree_core.config.storage import GCSConfig
-from wrinklefree_core.storage.uri import GCSURI, LocalURI, StorageError, format_uri, is_remote, parse_uri
+from wrinklefree_core.uri import GCSURI, LocalURI, StorageError, format_uri, is_remote, parse_uri
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from tasks.stage_exec import fetch_records
 from tasks.stage_plan import StagePlan
 from tests.storage.conftest import bucket, emulator, emulator_server  # noqa: F401 - fixtures
 from wrinklefree_core.config import compose
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.artifacts.manifest import read_manifest
 from wrinklefree_core.storage.gcs import GCSStore, IncompleteUploadError
 from wrinklefree_core.storage.manifest import MARKER_NAME
 from wrinklefree_core.storage.mounts import MOUNTS_ENV

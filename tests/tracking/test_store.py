@@ -37,7 +37,7 @@ def test_experiments_are_typed_for_model_training_unless_a_user_chose(store, tmp
 def test_a_checkpoint_names_the_model_it_descends_from(tmp_path):
     import json
 
-    from wrinklefree_core.stages.manifest import source_model_name
+    from wrinklefree_core.artifacts.manifest import source_model_name
 
     folder = tmp_path / "ckpt"
     folder.mkdir()

@@ -6,7 +6,7 @@ from tests.models.tiny import tiny_llama
 from wrinklefree_core.config import compose
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.training.inputs import Student, prepare_trainable, trainable_count
 
 

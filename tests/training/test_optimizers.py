@@ -13,7 +13,7 @@ from tests.models.tiny import tiny_model, token_ids
 from wrinklefree_core.config.training import OptimizerConfig, ScheduleConfig
 from wrinklefree_core.models.convert import convert_to_bitnet
 from wrinklefree_core.models.lrc import add_lrc_adapters
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.training.optimizers import MuonWithAdamW, build_optimizer, fused_adamw_supported, split_parameters
 from wrinklefree_core.training.schedule import build_scheduler
 

@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward, re
 from tests.models.tiny import tiny_model, token_ids
 from wrinklefree_core.models.convert import convert_to_bitnet
 from wrinklefree_core.models.lrc import add_lrc_adapters
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.training.qk_clip import QKClip
 
 HEAD_DIM = 16  # tiny Llama/Qwen2: hidden 64 / 4 heads; 2 kv heads -> q heads {0,1} share kv head 0

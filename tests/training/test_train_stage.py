@@ -17,7 +17,7 @@ from tests.training.common import SMALL, first_last_means, history, mlflow_clien
 from wrinklefree_core.config import compose
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.artifacts.manifest import read_manifest
 from wrinklefree_core.training.evaluate import load_for_eval
 from wrinklefree_core.training.runner import run_train
 

@@ -76,7 +76,7 @@ def _group_config(group: str, option: str) -> dict[str, Any]:
         folder = Path(option).expanduser().resolve()
         return {"name": folder.name, "source": "hf", "path": str(folder), "package": None, "gguf_file": None}
     if group == "model" and option.startswith("gs://"):
-        # Downloaded by the stage that reads it (stages/artifact_io.py); composing does no I/O.
+        # Downloaded by the stage that reads it (artifacts/io.py); composing does no I/O.
         name = option.rstrip("/").rsplit("/", 1)[-1]
         return {"name": name, "source": "hf", "path": option, "package": None, "gguf_file": None}
     if group == "data" and Path(option).expanduser().exists():

@@ -17,7 +17,7 @@ from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.config.model import ModelConfig
 from wrinklefree_core.config.storage import GCSConfig
 from wrinklefree_core.config.training import TrainingConfig
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 GROUPS = ("model", "training", "data", "compute")
 

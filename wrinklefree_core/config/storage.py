@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from wrinklefree_core.config.base import Section
-from wrinklefree_core.storage.uri import validate_bucket_name, validate_prefix
+from wrinklefree_core.uri import validate_bucket_name, validate_prefix
 
 
 class GCSConfig(Section):

@@ -20,7 +20,7 @@ from wrinklefree_core.evaluation.perplexity import evaluate_local, gguf_source_c
 from wrinklefree_core.evaluation.ptq import baseline_label, ptq_files
 from wrinklefree_core.evaluation.size import gguf_size
 from wrinklefree_core.evaluation.speed import measure_speed
-from wrinklefree_core.stages.manifest import read_manifest
+from wrinklefree_core.artifacts.manifest import read_manifest
 
 
 def teacher_of(gguf: Path, cfg: RunConfig) -> Path:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, read_manifest
 
 
 def heldout_rows(cfg: RunConfig, tokenizer, max_sequences: int | None) -> dict[str, Any]:

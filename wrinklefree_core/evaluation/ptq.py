@@ -25,7 +25,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.storage.atomic import atomic_folder
 
 PTQ_VERSION = 1  # bump when the files made here change for the same teacher

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, read_manifest
 
 
 def file_weights(gguf: Path) -> int:

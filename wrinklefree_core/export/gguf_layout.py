@@ -33,7 +33,7 @@ from torch import nn
 from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import LRC_PARAM_NAMES
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 Role = Literal["ternary", "matrix", "embedding", "output", "norm", "bias"]
 

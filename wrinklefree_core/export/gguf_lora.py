@@ -48,10 +48,9 @@ from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
-from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, LARGEST_CODE, EncodedTensor, encode_float, quantize_roundtrip
+from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, LARGEST_CODE, EncodedTensor, encode_float
+from wrinklefree_core.export.gguf_report import LoraExportReport, TensorRecord
 from wrinklefree_core.export.gguf_writer import (
-    GGUFExportReport,
-    TensorRecord,
     build_report,
     check_output_path,
     prepare_gguf,
@@ -235,24 +234,6 @@ def _write_adapter(path: Path, plan: LoraLayout, encoded: list[tuple[str, Encode
         writer.close()
 
 
-@dataclass
-class LoraExportReport:
-    """What write_lora_gguf produced: the adapter file, and (`base`) the base GGUF written with it."""
-
-    path: Path
-    arch: str
-    alpha: float
-    adapter_type: str
-    tensors: list[TensorRecord]
-    ranks: dict[str, int]
-    file_bytes: int
-    base: GGUFExportReport | None = field(default=None, repr=False)
-
-    def types(self) -> dict[str, str]:
-        """GGUF tensor name -> type name."""
-        return {t.gguf_name: t.ggml_type for t in self.tensors}
-
-
 def write_lora_gguf(
     checkpoint_dir: str | os.PathLike,
     base_gguf_path: str | os.PathLike,
@@ -300,22 +281,3 @@ def write_lora_gguf(
         file_bytes=out.stat().st_size,
         base=build_report(prep, base_out),
     )
-
-
-def format_lora_report(report: LoraExportReport) -> str:
-    """A table of every adapter tensor (type, shape, bytes), the alpha/scale rule and the file size."""
-    rows = [("lora tensor", "type", "shape", "bytes")]
-    rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    ranks = sorted(set(report.ranks.values()))
-    scale_rule = "alpha/rank = 1 for every pair" if report.alpha else "llama.cpp applies each pair at the adapter scale (1)"
-    lines = [
-        f"LoRA adapter GGUF: {report.path} (arch {report.arch}, {report.adapter_type}, {len(report.ranks)} LRC "
-        f"adapters, ranks {ranks}, alpha {report.alpha:g}: {scale_rule})"
-    ]
-    for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append(f"adapter file size {report.file_bytes / 2**20:.2f} MiB ({report.file_bytes} bytes)")
-    return "\n".join(lines)

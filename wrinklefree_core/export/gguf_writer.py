@@ -19,20 +19,18 @@ Design choices:
 from __future__ import annotations
 
 import math
-
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout, target_arch
-from wrinklefree_core.export.padding import ExportModel, PaddingPlan, export_model
+from wrinklefree_core.export.padding import ExportModel, export_model
+from wrinklefree_core.export.gguf_report import GGUFExportReport, TensorRecord
 from wrinklefree_core.export.gguf_quant import (
     FALLBACK_TYPES,
     FLOAT_TYPES,
@@ -46,10 +44,7 @@ from wrinklefree_core.export.gguf_quant import (
 )
 from wrinklefree_core.export.gguf_tokenizer import GGUFVocab, read_vocab, write_vocab
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
-from wrinklefree_core.models.settings import BitNetSettings
-
-if TYPE_CHECKING:
-    from wrinklefree_core.export.gguf_lora import LoraExportReport
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 T = GGMLQuantizationType
 _FILE_TYPES = {
@@ -64,40 +59,6 @@ _FILE_TYPES = {
     T.F32: LlamaFileType.ALL_F32,
 }
 _ALIGNMENT = 32  # GGUF's default general.alignment; tensor data is padded to it
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    """One written tensor: names, chosen GGUF type, PyTorch shape, bytes of data (no padding)."""
-
-    hf_name: str
-    gguf_name: str
-    ggml_type: str
-    shape: tuple[int, ...]
-    nbytes: int
-
-
-@dataclass
-class GGUFExportReport:
-    """What write_gguf produced."""
-
-    path: Path
-    arch: str
-    tensors: list[TensorRecord]
-    file_bytes: int
-    f16_bytes: int
-    pre_tokenizer: str = ""
-    notes: list[str] = field(default_factory=list)
-    # The LoRA adapter GGUF published beside this file (LRC checkpoints; set by export_gguf).
-    lora: LoraExportReport | None = None
-    # The widths the file was padded to so that every ternary matrix is TQ (None: written as is).
-    padding: PaddingPlan | None = None
-    # Weights of the checkpoint the file holds, padding zeros not counted (bits per weight divide by it).
-    weights: int = 0
-
-    def types(self) -> dict[str, str]:
-        """GGUF tensor name -> type name."""
-        return {t.gguf_name: t.ggml_type for t in self.tensors}
 
 
 def _pad(n: int) -> int:
@@ -289,65 +250,6 @@ def write_gguf(checkpoint_dir: str | os.PathLike, out_path: str | os.PathLike, c
     prep = prepare_gguf(checkpoint_dir, cfg)
     write_atomically([(out, lambda tmp: write_prepared(prep, tmp, cfg))])
     return build_report(prep, out)
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.2f} MiB"
-
-
-def format_summary(report: GGUFExportReport) -> str:
-    """A few lines for the terminal: tensors per type, size on disk with the adapter counted, bits per
-    weight over the whole model (adapter bytes included), and the ratio to an all-F16 export."""
-    counts: dict[str, int] = {}
-    for t in report.tensors:
-        counts[t.ggml_type] = counts.get(t.ggml_type, 0) + 1
-    weights = report.weights or sum(math.prod(t.shape) for t in report.tensors)
-    adapter = report.lora.file_bytes if report.lora is not None else 0
-    total = report.file_bytes + adapter
-    size = _mib(report.file_bytes) + (f" + LoRA adapter {_mib(adapter)} = {_mib(total)}" if adapter else "")
-    lines = [
-        f"GGUF export: {report.path} (arch {report.arch}): "
-        + ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        + " tensors",
-        f"  size {size}; {8 * total / max(1, weights):.2f} bits per weight over {weights / 1e6:.1f}M weights"
-        f"{' (adapter included)' if adapter else ''}; all-F16 export {_mib(report.f16_bytes)}",
-    ]
-    if report.padding is not None:
-        lines.append(f"  padded with zeros so every ternary matrix is TQ: {report.padding.describe()}")
-    lines += [f"  note: {n}" for n in report.notes]
-    return "\n".join(lines)
-
-
-def format_report(report: GGUFExportReport) -> str:
-    """A table of every tensor's GGUF type and size, a per-type summary, and the file size vs an F16 export."""
-    rows = [("gguf tensor", "type", "shape (out x in)", "bytes")]
-    rows += [(t.gguf_name, t.ggml_type, "x".join(map(str, t.shape)), str(t.nbytes)) for t in report.tensors]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [f"GGUF export: {report.path} (arch {report.arch}, pre-tokenizer {report.pre_tokenizer})"]
-    for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    by_type: dict[str, list[int]] = {}
-    for t in report.tensors:
-        entry = by_type.setdefault(t.ggml_type, [0, 0])
-        entry[0] += 1
-        entry[1] += t.nbytes
-    lines.append("")
-    lines.append("by type: " + ", ".join(f"{k} {n} tensors {_mib(b)}" for k, (n, b) in sorted(by_type.items())))
-    ratio = report.f16_bytes / report.file_bytes if report.file_bytes else float("nan")
-    lines.append(
-        f"file size {_mib(report.file_bytes)} ({report.file_bytes} bytes) vs all-F16 export "
-        f"{_mib(report.f16_bytes)}: {ratio:.2f}x smaller"
-    )
-    if report.padding is not None:
-        lines.append(f"padded with zeros so every ternary matrix is TQ: {report.padding.describe()}")
-    lines += [f"note: {n}" for n in report.notes]
-    if report.lora is not None:
-        from wrinklefree_core.export.gguf_lora import format_lora_report  # gguf_lora imports this module
-
-        lines += ["", format_lora_report(report.lora)]
-    return "\n".join(lines)
 
 
 def write_full_precision_gguf(hf_folder: str | os.PathLike, out_path: str | os.PathLike, float_type: str = "f32") -> GGUFExportReport:

@@ -73,7 +73,7 @@ from wrinklefree_core.models.checkpoint import (
     load_bitnet_checkpoint,
 )
 from wrinklefree_core.models.convert import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, bitlinear_modules
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.storage.atomic import atomic_folder
 

@@ -55,7 +55,7 @@ from torch import nn
 from wrinklefree_core.export.gguf_layout import ExportError
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import BitLinearLRC
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.subln import SubLN
 from wrinklefree_core.quant.reference import ternarize_weight, weight_scale
 

@@ -72,7 +72,8 @@ from wrinklefree_core.export.gguf_lora import (
     write_lora_gguf,
 )
 from wrinklefree_core.export.gguf_quant import quantize_roundtrip
-from wrinklefree_core.export.gguf_writer import GGUFExportReport, write_gguf
+from wrinklefree_core.export.gguf_report import GGUFExportReport
+from wrinklefree_core.export.gguf_writer import write_gguf
 from wrinklefree_core.export.llamacpp_log import llamacpp_log_to
 from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp
 from wrinklefree_core.export.padding import ExportModel, export_model, identity_error, needs_padding

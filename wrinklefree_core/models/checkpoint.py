@@ -40,7 +40,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.convert import convert_to_bitnet, expected_bitlinear_layout
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.storage.atomic import atomic_folder
 
 CONFIG_NAME = "config.json"

@@ -23,7 +23,7 @@ from torch import nn
 from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import rebuild_lrc_adapters
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrinklefree_core.models.bitlinear import BitLinear
-from wrinklefree_core.models.settings import LRCSettings
+from wrinklefree_core.config.bitnet import LRCSettings
 from wrinklefree_core.quant.ops import quantize_activation_ste, quantize_weight_ste
 from wrinklefree_core.quant.reference import weight_quant_ref
 

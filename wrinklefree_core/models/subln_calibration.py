@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from wrinklefree_core.models.convert import expected_bitlinear_layout
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 
 
 class SubLNStats:

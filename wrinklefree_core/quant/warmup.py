@@ -6,8 +6,9 @@ Design choices:
   at exactly the lambda it stopped at.
 - `state_dict()` also stores the settings, and `load_state_dict()` restores them: the checkpoint
   wins over a changed config, because changing the schedule mid-run would jump lambda.
-- `apply(model)` writes the value into every BitLinear's 0-dim `quant_lambda` buffer in place, so a
-  changing lambda never recompiles a compiled model.
+- The training module writes `value` into every BitLinear with models.bitlinear.set_quant_lambda
+  (in place, into 0-dim buffers, so a changing lambda never recompiles a compiled model); quant
+  sits below models, so this module knows nothing of them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from torch import nn
 
 KINDS = ("linear", "cosine")
 
@@ -58,15 +58,6 @@ class LambdaWarmup:
         """Advance by one optimizer step; returns the new value."""
         self.current_step += 1
         return self.value
-
-    def apply(self, model: nn.Module) -> float:
-        """Write the current value into every BitLinear of `model`; returns it."""
-        # Imported here: models import quant, so a module-level import would be circular.
-        from wrinklefree_core.models.bitlinear import set_quant_lambda
-
-        value = self.value
-        set_quant_lambda(model, value)
-        return value
 
     def state_dict(self) -> dict[str, Any]:
         """The settings and the step counter, as plain Python values."""

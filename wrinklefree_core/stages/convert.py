@@ -6,14 +6,13 @@ load it, swap attention/MLP linears for BitLinear and insert SubLN per `cfg.bitn
 `data=`, models/subln_calibration.py; with `bitnet.init=gptq`, ternary weights rounded column by column
 with error compensation through the layer inputs' Hessians on training rows, models/gptq_init.py), save the
 checkpoint with its tokenizer and stage.json in one atomic rename, then publish it (a gs:// `out=` is
-uploaded with its completion marker, see artifact_io.py). No training happens here; metrics describe
+uploaded with its completion marker, see artifacts/io.py). No training happens here; metrics describe
 the conversion (parameter split, fraction of ternary zeros, time).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,29 +20,15 @@ import torch
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
-from wrinklefree_core.models.convert import convert_to_bitnet
-from wrinklefree_core.models.subln_calibration import apply_subln_gains, fit_subln_gains
+from wrinklefree_core.models.conversion import convert_for_run
 from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
 from wrinklefree_core.quant.reference import ternarize_weight
-from wrinklefree_core.stages.artifact_io import as_uris, local_inputs, plan_output
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json
-from wrinklefree_core.stages.output_guard import check_output
+from wrinklefree_core.artifacts.io import as_uris, local_inputs, plan_output
+from wrinklefree_core.artifacts.result import StageResult
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
+from wrinklefree_core.artifacts.output_guard import check_output
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
-
-
-@dataclass
-class StageResult:
-    """What a stage produced."""
-
-    out: Path  # the artifact on this machine (for a gs:// output, the local copy that was uploaded)
-    metrics: dict[str, float]
-    uri: str = field(default="")  # where the artifact was published (gs://... or the local path)
-
-    @property
-    def location(self) -> str:
-        """The published location, as the next stage should be given it."""
-        return self.uri or str(self.out)
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -69,51 +54,6 @@ def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
         "full_precision_params": total - bit_params,
         "ternary_zero_fraction": zeros / max(bit_params, 1),
     }
-
-
-def calibration_rows(cfg: RunConfig, tokenizer, rows: int | None = None) -> torch.Tensor:
-    """`rows` (default `cfg.bitnet.subln_calibration_rows`) training rows of `cfg.data`, drawn as training would draw them."""
-    from wrinklefree_core.data.corpora import CorpusError
-    from wrinklefree_core.data.datamodule_core import build_datasets
-    from wrinklefree_core.data.documents import DataSourceError
-
-    try:
-        mixture, _ = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
-    except (DataSourceError, CorpusError) as exc:
-        raise DataSourceError(
-            f"{exc}\nCalibration (bitnet.subln_init=calibrated, bitnet.init=gptq) reads the run's data "
-            f"(data={cfg.data.config_name}): choose data that is available, or convert without calibration: "
-            "bitnet.subln_init=ones bitnet.init=rtn"
-        ) from exc
-    return mixture.sample(rows or cfg.bitnet.subln_calibration_rows)["input_ids"]
-
-
-def convert_for_run(
-    model: torch.nn.Module, tokenizer, cfg: RunConfig, calibration: dict[str, torch.Tensor] | None = None
-) -> dict[str, float]:
-    """Convert a loaded full-precision model in place per `cfg.bitnet`, calibrating SubLN when asked; returns metrics.
-
-    The token rows each calibration read are put in `calibration` (by use), for the run's dataset record.
-    """
-    gains: dict[str, torch.Tensor] = {}
-    rows = 0
-    calibration = {} if calibration is None else calibration
-    if cfg.bitnet.subln_init == "calibrated" and cfg.bitnet.subln != "none":
-        batch = calibration_rows(cfg, tokenizer)
-        gains = fit_subln_gains(model, cfg.bitnet, batch)
-        rows = batch.shape[0]
-        calibration["subln"] = batch
-    convert_to_bitnet(model, cfg.bitnet)
-    apply_subln_gains(model, gains)
-    metrics = {"subln_calibration_rows": float(rows)}
-    if cfg.bitnet.init == "gptq":
-        from wrinklefree_core.models.gptq_init import gptq_initialize
-
-        eos = tokenizer.eos_token_id
-        batch = calibration_rows(cfg, tokenizer, cfg.bitnet.init_calibration_rows)
-        calibration["gptq"] = batch
-        metrics |= gptq_initialize(model, batch, damping=cfg.bitnet.init_damping, eos_token_id=eos)
-    return metrics
 
 
 def run_convert(cfg: RunConfig) -> StageResult:

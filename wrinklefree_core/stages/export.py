@@ -4,7 +4,7 @@ GGUF: written, run in llama.cpp and compared with PyTorch before it is published
 (`export.verify=false` skips that); `verification.json` and `stage.json` land beside the file, so give
 each export its own folder (the default is `outputs/<checkpoint>-gguf/<checkpoint>.gguf`).
 HF: a folder that stock `transformers.AutoModelForCausalLM.from_pretrained` loads; stage.json inside.
-`checkpoint=` and `out=` may be gs:// URIs (artifact_io.py): for a GGUF the folder holding the file is
+`checkpoint=` and `out=` may be gs:// URIs (artifacts/io.py): for a GGUF the folder holding the file is
 what is uploaded, with its completion marker written last.
 """
 
@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.export.gguf_writer import format_report, format_summary
+from wrinklefree_core.export.gguf_report import format_report, format_summary
 from wrinklefree_core.export.hf_export import export_hf
 from wrinklefree_core.export.verify import VERIFICATION_NAME, export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
-from wrinklefree_core.stages.artifact_io import local_path, plan_output
-from wrinklefree_core.stages.convert import StageResult
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
-from wrinklefree_core.stages.output_guard import check_output
+from wrinklefree_core.artifacts.io import local_path, plan_output
+from wrinklefree_core.artifacts.result import StageResult
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
+from wrinklefree_core.artifacts.output_guard import check_output
 from wrinklefree_core.storage.atomic import remove_dead_leftovers
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store

@@ -9,7 +9,7 @@ stage-layer name the CLI and the pipeline tasks import, beside `stages/convert.p
 from __future__ import annotations
 
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.convert import StageResult
+from wrinklefree_core.artifacts.result import StageResult
 
 
 def run_train(cfg: RunConfig) -> StageResult:

@@ -1,6 +1,5 @@
 """Artifact locations: local folders and gs://bucket/prefix.
 
-- uri.py: parse and format artifact URIs; StorageError.
 - manifest.py: the `_COMPLETE` marker that makes an uploaded folder readable.
 - retry.py: the bounded retry policy for GCS requests and the errors it raises.
 - cache.py: where verified downloads live locally, published atomically.
@@ -10,10 +9,11 @@
 - mounts.py: local folders that are mounts of a bucket (WRINKLEFREE_BUCKET_MOUNTS).
 - push.py: `python -m wrinklefree_core.storage.push LOCAL gs://...`, publish a finished folder by hand.
 
-Only uri.py is imported here: config sections validate with it, and gcs.py (google-cloud-storage)
-must not load for runs that never touch gs://.
+URIs themselves (parsing, StorageError) are wrinklefree_core/uri.py, below config, which validates
+bucket names with it; they are re-exported here. gcs.py (google-cloud-storage) is not imported here:
+it must not load for runs that never touch gs://.
 """
 
-from wrinklefree_core.storage.uri import GCSURI, LocalURI, StorageError, format_uri, is_remote, parse_uri
+from wrinklefree_core.uri import GCSURI, LocalURI, StorageError, format_uri, is_remote, parse_uri
 
 __all__ = ["GCSURI", "LocalURI", "StorageError", "format_uri", "is_remote", "parse_uri"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from wrinklefree_core.config.storage import GCSConfig
 from wrinklefree_core.paths import cache_dir
-from wrinklefree_core.storage.uri import GCSURI, LocalURI, StorageError, parse_uri
+from wrinklefree_core.uri import GCSURI, LocalURI, StorageError, parse_uri
 
 
 def _store(config: GCSConfig | None):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from wrinklefree_core.storage.atomic import fsync_tree
-from wrinklefree_core.storage.uri import GCSURI, StorageError
+from wrinklefree_core.uri import GCSURI, StorageError
 
 _COPY_RE = re.compile(r"g(\d+)-[0-9a-f]*")
 

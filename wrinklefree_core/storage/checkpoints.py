@@ -26,7 +26,7 @@ from pathlib import Path
 from wrinklefree_core.config.storage import GCSConfig
 from wrinklefree_core.storage.gcs import GCSStore
 from wrinklefree_core.storage.manifest import MARKER_NAME
-from wrinklefree_core.storage.uri import GCSURI, parse_uri
+from wrinklefree_core.uri import GCSURI, parse_uri
 
 _STEP_RE = re.compile(r"step-(\d{9})")
 

@@ -48,7 +48,7 @@ from wrinklefree_core.storage.manifest import (
     verify_file,
 )
 from wrinklefree_core.storage.retry import BucketUnreachableError, UploadMismatch, call_with_retries
-from wrinklefree_core.storage.uri import GCSURI, StorageError, parse_uri
+from wrinklefree_core.uri import GCSURI, StorageError, parse_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

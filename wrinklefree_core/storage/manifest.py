@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import google_crc32c
 
-from wrinklefree_core.storage.uri import StorageError, relative_posix
+from wrinklefree_core.uri import StorageError, relative_posix
 
 MARKER_NAME = "_COMPLETE"
 FORMAT = "wrinklefree-artifact/1"

@@ -5,7 +5,7 @@
 Design choices:
 - A stage writing through a mount writes plain files; the mount uploads them in the background, in
   no particular order, and never writes the completion marker. Knowing which GCS prefix a local
-  folder is lets the stage seal its output through the API afterwards (stages/artifact_io.py).
+  folder is lets the stage seal its output through the API afterwards (artifacts/io.py).
 - The mapping comes from the environment, not from the config: it is a fact about the machine the
   stage runs on (the job sets it beside the mount), and the same config runs locally without one.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wrinklefree_core.storage.uri import GCSURI, StorageError, parse_uri, relative_posix
+from wrinklefree_core.uri import GCSURI, StorageError, parse_uri, relative_posix
 
 MOUNTS_ENV = "WRINKLEFREE_BUCKET_MOUNTS"
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from wrinklefree_core.config.storage import GCSConfig
-from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.uri import StorageError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud.storage.exceptions import InvalidResponse
 
 from wrinklefree_core.storage.manifest import CorruptArtifactError
-from wrinklefree_core.storage.uri import StorageError
+from wrinklefree_core.uri import StorageError
 
 log = logging.getLogger(__name__)
 

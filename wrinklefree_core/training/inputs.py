@@ -46,10 +46,10 @@ from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.config.training import TrainingConfig
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import add_lrc_adapters, freeze_all_but_lrc, lrc_modules, lrc_settings_of
-from wrinklefree_core.models.settings import BitNetSettings
+from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.sources import load_hf_model, materialize
-from wrinklefree_core.stages.convert import convert_for_run
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
+from wrinklefree_core.models.conversion import convert_for_run
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, read_manifest
 from wrinklefree_core.training.errors import TeacherError
 
 

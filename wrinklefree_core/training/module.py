@@ -54,6 +54,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from wrinklefree_core.config.training import TrainingConfig
+from wrinklefree_core.models.bitlinear import set_quant_lambda
 from wrinklefree_core.objectives import LossInputs, ObjectiveManager, Requirements, capture_qkv
 from wrinklefree_core.quant.warmup import LambdaWarmup
 from wrinklefree_core.training.distributed import dlm_inputs_for_rank, mean_over_ranks, shard_student
@@ -170,7 +171,7 @@ class BitNetTrainModule(LightningModule):
 
     def on_train_start(self) -> None:
         # The lambda of the step about to run: `start` on a fresh run, the saved value on a resume.
-        self.warmup.apply(self.student)
+        set_quant_lambda(self.student, self.warmup.value)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
@@ -214,7 +215,7 @@ class BitNetTrainModule(LightningModule):
         scheduler.step()
         lam = self.warmup.value
         self.warmup.step()
-        self.warmup.apply(self.student)
+        set_quant_lambda(self.student, self.warmup.value)
 
         self._log_step(total, parts, weighted, out.weights, lam, optimizer, rows=batch["input_ids"].shape[0])
         return {"loss": total}

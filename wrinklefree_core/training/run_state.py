@@ -184,7 +184,7 @@ class RunState:
         return self.last
 
     def _upload(self, step: int) -> None:
-        from wrinklefree_core.storage.uri import StorageError
+        from wrinklefree_core.uri import StorageError
 
         started = time.monotonic()
         try:

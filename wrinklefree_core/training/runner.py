@@ -31,7 +31,7 @@ Design choices:
   costs about as much as a few training steps (forward only), whatever the corpus or model size;
   `wrinklefree eval` scores every held-out row.
 - Only global rank 0 touches the state folder, OUT and the tracking store.
-- gs:// (stages/artifact_io.py): inputs are downloaded (the config keeps their URIs, so a resume on
+- gs:// (artifacts/io.py): inputs are downloaded (the config keeps their URIs, so a resume on
   another machine compares equal); a gs:// OUT is trained in a kept local folder
   (cache_dir()/runs/...), its state mirrored to `OUT.state/checkpoints/step-N/` in the bucket
   (run_state.py), and OUT uploaded with its completion marker when training ends. On a machine
@@ -58,11 +58,11 @@ from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.redact import redact
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
 from wrinklefree_core.objectives import ObjectiveManager
-from wrinklefree_core.stages.artifact_io import OutputTarget, as_uris, local_inputs, local_path, plan_output
-from wrinklefree_core.stages.convert import StageResult
-from wrinklefree_core.storage.uri import is_remote
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
-from wrinklefree_core.stages.output_guard import check_output, differing_keys
+from wrinklefree_core.artifacts.io import OutputTarget, as_uris, local_inputs, local_path, plan_output
+from wrinklefree_core.artifacts.result import StageResult
+from wrinklefree_core.uri import is_remote
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
+from wrinklefree_core.artifacts.output_guard import check_output, differing_keys
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
 from wrinklefree_core.training.inputs import (
@@ -395,7 +395,7 @@ def _remote_state(target: OutputTarget, cfg: RunConfig):
     if target.remote is None or target.mounted:
         return None
     from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
-    from wrinklefree_core.storage.uri import GCSURI
+    from wrinklefree_core.uri import GCSURI
 
     uri = GCSURI(target.remote.bucket, f"{target.remote.prefix}.state/checkpoints")
     return RemoteCheckpoints(uri, cfg.gcs)

@@ -7,7 +7,8 @@ Design choices:
 - A GCS URI is normalised to (bucket, prefix) with no leading/trailing slashes; its object names are
   `prefix + "/" + relative path`, so `gs://b/run` never matches objects of `gs://b/run2`.
 - Only the scheme is case-insensitive (RFC 3986); bucket names must already be valid GCS names.
-- This module imports nothing else from the project, so config sections can validate with it.
+- This module imports nothing else from the project: it sits below config, whose gcs section
+  validates bucket names and prefixes with it.
 """
 
 from __future__ import annotations

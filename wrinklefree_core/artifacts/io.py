@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.config.storage import GCSConfig
-from wrinklefree_core.storage.uri import GCSURI, LocalURI, StorageError, is_remote, parse_uri
+from wrinklefree_core.uri import GCSURI, LocalURI, StorageError, is_remote, parse_uri
 
 DEFAULT_ROOT = Path("outputs")
 

@@ -26,8 +26,8 @@ from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.redact import redact
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint
-from wrinklefree_core.stages.manifest import MANIFEST_NAME, read_manifest
-from wrinklefree_core.storage.uri import is_remote
+from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, read_manifest
+from wrinklefree_core.uri import is_remote
 
 # Keys that never make two runs' outputs different: where it runs, how it is tracked and resumed.
 IGNORED = (

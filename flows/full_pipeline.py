@@ -42,6 +42,7 @@ from wrinklefree_core.evaluation.value_table import table_rows, verdict
 from wrinklefree_core.evaluation.value_table import text as report_text
 from tasks.stage_plan import STAGES, normalize_root
 from tasks.stage_task import call_stage
+from wrinklefree_core.storage.atomic import atomic_write_text
 from wrinklefree_core.tracking.source import short_commit, source_tags
 
 # Row labels of the eval table; also MLflow metric names (eval/<label>/ppl), hence no spaces or brackets.
@@ -107,9 +108,7 @@ def _write_summary(out_root: str, summary: dict[str, Any]) -> None:
         return
     path = Path(out_root) / "pipeline.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".pipeline.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def pipeline_run_name(params: PipelineParams, now: float | None = None) -> str:

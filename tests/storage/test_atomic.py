@@ -232,3 +232,20 @@ def test_dead_writers_temp_files_are_removed_and_live_ones_kept(tmp_path):
         assert all(files[k].exists() for k in ("live_staging", "fresh_dead", "published"))
     finally:
         live.kill()
+
+
+def test_a_small_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from wrinklefree_core.storage.atomic import atomic_write_text
+
+    path = tmp_path / "stage.json"
+    atomic_write_text(path, '{"a": 1}\n')
+    atomic_write_text(path, '{"a": 2}\n')
+    assert path.read_text() == '{"a": 2}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["stage.json"]
+
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, '{"a": 3}\n')
+    assert path.read_text() == '{"a": 2}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["stage.json"]

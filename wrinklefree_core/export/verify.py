@@ -89,6 +89,7 @@ from wrinklefree_core.export.verify_layers import NOISE_FACTOR, check_layers
 from wrinklefree_core.export.verify_weights import check_weights
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
+from wrinklefree_core.storage.atomic import atomic_write_text
 
 VERIFICATION_NAME = "verification.json"
 LLAMA_LOG_NAME = "llama_cpp.log"  # llama.cpp's own log of the verification, beside the json
@@ -169,9 +170,7 @@ def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:
 
 
 def _write_json(path: Path, result: dict[str, Any]) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
 
 def _run_llama(

@@ -10,7 +10,6 @@ what is uploaded, with its completion marker written last.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from wrinklefree_core.artifacts.io import local_path, plan_output
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.artifacts.output_guard import check_output
-from wrinklefree_core.storage.atomic import remove_dead_leftovers
+from wrinklefree_core.storage.atomic import atomic_write_text, remove_dead_leftovers
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
 
@@ -37,12 +36,6 @@ def default_out(cfg: RunConfig) -> Path:
     if cfg.export.format == "gguf":
         return Path("outputs") / f"{name}-gguf" / f"{name}.gguf"
     return Path("outputs") / f"{name}-hf"
-
-
-def _write_manifest(folder: Path, text: str) -> None:
-    tmp = folder / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, folder / MANIFEST_NAME)
 
 
 def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
@@ -98,7 +91,7 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
         manifest_folder = out
     metrics["export_seconds"] = time.perf_counter() - start
     manifest = build_manifest("export", cfg.model_dump(mode="json"), {"checkpoint": str(cfg.checkpoint)}, metrics)
-    _write_manifest(manifest_folder, manifest_json(manifest))
+    atomic_write_text(manifest_folder / MANIFEST_NAME, manifest_json(manifest))
     uri = target.publish(cfg.gcs)
     if uri != str(out):
         summary += f"\npublished to {uri}"

@@ -48,6 +48,27 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write one small file (a JSON record) so that readers see the old content or the new, never half.
+
+    The text goes to `.{name}.tmp-<pid>` beside `path`, is fsynced, and replaces `path` in one rename;
+    on any error the temp file is removed and `path` is untouched.
+    """
+    final = Path(path)
+    tmp = _sibling(final, "tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+    return final
+
+
 def fsync_tree(folder: Path) -> None:
     """Flush every file under `folder`, then the folders themselves (their entries name the files)."""
     dirs = [folder]

@@ -136,7 +136,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
         line = verdict(evals, EVAL_LABELS["export"])
         publish(rows, evals, line, params.tracking_uri, parent)
         publish_stage_chart(evals, [EVAL_LABELS[s] for s in STAGES], params.tracking_uri, parent)
-        version = describe_model_version(rows, evals, line, EVAL_LABELS["export"], params.tracking_uri, results["export"]["mlflow_run_id"])
+        version = describe_model_version(rows, line, EVAL_LABELS["export"], params.tracking_uri, results["export"]["mlflow_run_id"])
         summary = {
             "flow_run_id": str(flow_run.id or ""),
             "mlflow_run_id": parent,

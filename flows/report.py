@@ -144,7 +144,7 @@ def publish_stage_chart(evals: list[dict[str, Any]], stage_labels: list[str], tr
 
 
 def describe_model_version(
-    rows: list[dict[str, Any]], evals: list[dict[str, Any]], verdict_line: str, export_label: str, tracking_uri: str | None, export_run_id: str
+    rows: list[dict[str, Any]], verdict_line: str, export_label: str, tracking_uri: str | None, export_run_id: str
 ) -> str | None:
     """Put the eval table and verdict on the model version the export run registered; returns "name/version" or None."""
     from mlflow.exceptions import MlflowException

@@ -302,10 +302,3 @@ def test_nightly_smoke_checks_the_pipeline(smoke_run, out_root):
     broken["eval"][0]["ppl"] = float("nan")
     problems = check_summary(broken)
     assert any("verification" in p for p in problems) and any("teacher" in p for p in problems)
-
-
-def test_parent_run_variable_matches_the_training_stage():
-    from tasks.mlflow_runs import PARENT_RUN_ENV
-    from wrinklefree_core.training.tracking import PARENT_RUN_ENV as TRAINING_PARENT_RUN_ENV
-
-    assert PARENT_RUN_ENV == TRAINING_PARENT_RUN_ENV

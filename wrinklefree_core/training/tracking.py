@@ -34,9 +34,6 @@ from wrinklefree_core.tracking import store
 from wrinklefree_core.tracking.params import stage_params
 from wrinklefree_core.tracking.source import source_tags
 
-PARENT_RUN_ENV = store.PARENT_RUN_ENV
-
-
 tracking_uri = mlflow_store_uri
 
 
@@ -47,9 +44,9 @@ def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = 
     tags = {**source_tags("wrinklefree train"), **tags}
     if rank_zero_only.rank == 0:  # the only rank that logs
         store.check_store(cfg)
-    parent = os.environ.get(PARENT_RUN_ENV)
+    parent = os.environ.get(store.PARENT_RUN_ENV)
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        tags[store.PARENT_TAG] = parent
     return MLFlowLogger(
         experiment_name=cfg.tracking.experiment,
         tracking_uri=tracking_uri(cfg.tracking.mlflow_uri),

@@ -4,7 +4,8 @@ Commands:
   convert   HF model -> BitNet checkpoint folder (out=DIR)
   export    checkpoint=DIR format=gguf|hf out=FILE.gguf|DIR (GGUF verified in llama.cpp)
   train     BitNet checkpoint or model (+ teacher) -> trained BitNet checkpoint (out=DIR; training=RECIPE)
-  eval      held-out perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder);
+  eval      perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder): a local
+            data=FILE|DIR it never trained on is scored whole, other sources on their held-out split (eval.split);
             checkpoint=FILE.gguf: scored in llama.cpp beside llama.cpp's own quantization of the teacher,
             with MiB, bits per weight, tok/s and a one-line verdict (eval.* settings)
   config    print the resolved config of a stage: `wrinklefree config train training=unified ...`
@@ -111,7 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from wrinklefree_core.config import compose
     from wrinklefree_core.artifacts.io import local_inputs
-    from wrinklefree_core.training.evaluate import run_eval
+    from wrinklefree_core.evaluation.perplexity import run_eval
 
     cfg = compose("eval", args.overrides)
     if cfg.checkpoint and cfg.checkpoint.endswith(".gguf"):
@@ -125,7 +126,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{result['checkpoint']} ({result['kind']}), sequences of {result['seq_len']} tokens:")
         for name, r in result["sources"].items():
-            print(f"  {name}: perplexity {r['perplexity']:.3f} (loss {r['loss']:.4f} over {int(r['tokens']):,} tokens)")
+            rows = "all its documents" if r["split"] == "all" else "its held-out split"
+            print(f"  {name}: perplexity {r['perplexity']:.3f} (loss {r['loss']:.4f} over {int(r['tokens']):,} tokens, {rows})")
     return 0
 
 
@@ -145,7 +147,9 @@ def _eval_gguf(cfg, as_json: bool) -> int:
         print(json.dumps({"evals": evals, "verdict": line, "machine": machine()}))
         return 0
     speed = cfg.eval.speed
-    print(f"{gguf}: held-out perplexity on sequences of {cfg.training.seq_len} tokens (x teacher: over the full-precision teacher's)")
+    splits = {r["split"] for r in evals[-1]["sources"].values()}
+    rows = "held-out rows" if splits == {"heldout"} else "all documents" if splits == {"all"} else "all documents of local sources, held-out rows of the rest"
+    print(f"{gguf}: perplexity on {rows}, sequences of {cfg.training.seq_len} tokens (x teacher: over the full-precision teacher's)")
     if speed.enabled:
         print(f"speed: llama.cpp, {speed.threads} thread(s), {speed.prompt_length}-token prompt, {speed.decode_steps} decode steps, "
               f"median of {speed.rounds}, on {machine()}")

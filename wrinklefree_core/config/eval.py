@@ -25,6 +25,10 @@ class SpeedConfig(Section):
 class EvalConfig(Section):
     """Held-out scoring of an artifact and, for a GGUF, the baselines and timings beside it."""
 
+    split: Literal["auto", "heldout", "all"] = Field(
+        "auto",
+        description="Rows `wrinklefree eval` scores: auto = all of a local file/folder the model never trained on, else the held-out split.",
+    )
     max_sequences: int | None = Field(None, gt=0, description="Held-out rows per source scored (null = all; the pipeline sets its own).")
     baselines: list[BaselineType] = Field(
         default_factory=lambda: ["f16", "q4_0", "q2_k"],

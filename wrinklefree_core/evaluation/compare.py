@@ -17,6 +17,7 @@ from typing import Any
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.evaluation.adapter import adapter_share
 from wrinklefree_core.evaluation.perplexity import evaluate_local, gguf_source_checkpoint
+from wrinklefree_core.evaluation.scored_split import whole_sources
 from wrinklefree_core.evaluation.ptq import baseline_label, ptq_files
 from wrinklefree_core.evaluation.size import gguf_size
 from wrinklefree_core.evaluation.speed import measure_speed
@@ -78,8 +79,8 @@ def add_speeds(evals: list[dict[str, Any]], cfg: RunConfig) -> None:
         attach_speeds(evals, measure_speed(files, cfg.eval.speed))
 
 
-def _scored(label: str, path: Path, cfg: RunConfig, **extra: Any) -> dict[str, Any]:
-    result = evaluate_local(path, cfg, cfg.eval.max_sequences)
+def _scored(label: str, path: Path, cfg: RunConfig, whole: frozenset[str], **extra: Any) -> dict[str, Any]:
+    result = evaluate_local(path, cfg, cfg.eval.max_sequences, whole)
     result.update(label=label, uri=str(path), path=str(path), **extra)
     return result
 
@@ -88,10 +89,11 @@ def compare_gguf(gguf: str | Path, cfg: RunConfig, label: str | None = None) -> 
     """Rows for the value table: the teacher, its llama.cpp baselines (cfg.eval.baselines), then `gguf`."""
     gguf = Path(gguf)
     teacher = teacher_of(gguf, cfg)
-    evals = [_scored("teacher", teacher, cfg)]
+    whole = whole_sources(cfg, gguf_source_checkpoint(gguf))  # one set of rows for every row of the table
+    evals = [_scored("teacher", teacher, cfg, whole)]
     for ptq_type, path in ptq_files(teacher, list(cfg.eval.baselines)).items():
-        evals.append(_scored(baseline_label(ptq_type), path, cfg, baseline=ptq_type))
-    evals.append(_scored(label or gguf.name, gguf, cfg))
+        evals.append(_scored(baseline_label(ptq_type), path, cfg, whole, baseline=ptq_type))
+    evals.append(_scored(label or gguf.name, gguf, cfg, whole))
     add_sizes(evals)
     add_adapters(evals)
     add_speeds(evals, cfg)

@@ -19,6 +19,7 @@ Design choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, read_manifest
 
 
-def heldout_rows(cfg: RunConfig, tokenizer, max_sequences: int | None) -> dict[str, Any]:
-    """{source: int64 rows (n, seq_len)}: the first `max_sequences` held-out rows of each source."""
-    from wrinklefree_core.data.datamodule_core import build_datasets
+def scored_rows(cfg: RunConfig, tokenizer, max_sequences: int | None, whole: Collection[str] = ()) -> dict[str, Any]:
+    """{source: int64 rows (n, seq_len)}: the first `max_sequences` held-out rows of each source, or of all
+    its documents for the sources named in `whole` (scored_split.py)."""
+    from wrinklefree_core.data.datamodule_core import scored_sets
 
-    _, val_sets = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
-    return {name: rows[:max_sequences] for name, rows in val_sets.items()}
+    sets = scored_sets(cfg.data, tokenizer, cfg.training.seq_len, whole)
+    return {name: rows[:max_sequences] for name, rows in sets.items()}
 
 
 def describe_heldout(cfg: RunConfig, rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -49,14 +51,16 @@ def overall(sources: dict[str, dict[str, float]]) -> tuple[float, float]:
     return loss, math.exp(min(loss, 700.0))
 
 
-def torch_perplexity(folder: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
-    """Perplexity per source of a BitNet checkpoint or HF folder, in PyTorch on the CPU/GPU of this process."""
+def torch_perplexity(
+    folder: Path, cfg: RunConfig, max_sequences: int | None, whole: Collection[str] = (), device: str = "cpu"
+) -> dict[str, Any]:
+    """Perplexity per source of a BitNet checkpoint or HF folder, in PyTorch on `device`."""
     from wrinklefree_core.training.evaluate import evaluate_perplexity, load_for_eval
 
-    model, tokenizer, kind = load_for_eval(folder)
-    rows = heldout_rows(cfg, tokenizer, max_sequences)
+    model, tokenizer, kind = load_for_eval(folder, device)
+    rows = scored_rows(cfg, tokenizer, max_sequences, whole)
     sources = evaluate_perplexity(model, rows, batch_size=cfg.training.batch_size, eos_token_id=tokenizer.eos_token_id)
-    return {"kind": kind, "sources": sources, "datasets": describe_heldout(cfg, rows)}
+    return {"kind": kind, "sources": _with_split(sources, whole), "datasets": describe_heldout(cfg, rows)}
 
 
 def gguf_source_checkpoint(gguf: Path) -> Path:
@@ -85,7 +89,7 @@ def _document_pieces(row: list[int], eos: int | None) -> list[list[int]]:
     return pieces
 
 
-def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
+def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None, whole: Collection[str] = ()) -> dict[str, Any]:
     """Perplexity per source of an exported GGUF (+ its LoRA adapter) run in llama.cpp."""
     import numpy as np
     import torch
@@ -96,7 +100,7 @@ def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None) -> di
     from wrinklefree_core.export.verify import llamacpp_logits, load_llama
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_source_checkpoint(gguf))
-    rows = heldout_rows(cfg, tokenizer, max_sequences)
+    rows = scored_rows(cfg, tokenizer, max_sequences, whole)
     lora = lora_path_for(gguf)
     llm = load_llama(gguf, n_ctx=max(256, cfg.training.seq_len), lora_path=lora if lora.is_file() else None)
     sources: dict[str, dict[str, float]] = {}
@@ -112,17 +116,41 @@ def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None) -> di
             sources[name] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(count)}
     finally:
         llm.close()
-    return {"kind": "gguf", "sources": sources, "datasets": describe_heldout(cfg, rows)}
+    return {"kind": "gguf", "sources": _with_split(sources, whole), "datasets": describe_heldout(cfg, rows)}
 
 
-def evaluate_local(path: Path, cfg: RunConfig, max_sequences: int | None) -> dict[str, Any]:
-    """Score a local artifact (folder or .gguf file); adds token-weighted `loss` and `perplexity`."""
+def _with_split(sources: dict[str, dict[str, Any]], whole: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each source's result says which rows it is over: "all" documents or the "heldout" split."""
+    return {name: {**r, "split": "all" if name in whole else "heldout"} for name, r in sources.items()}
+
+
+def evaluate_local(path: Path, cfg: RunConfig, max_sequences: int | None, whole: Collection[str] = ()) -> dict[str, Any]:
+    """Score a local artifact (folder or .gguf file) on the held-out rows, or all rows of the sources in
+    `whole`; adds token-weighted `loss` and `perplexity`."""
     if path.is_file() and path.suffix == ".gguf":
-        result = gguf_perplexity(path, cfg, max_sequences)
+        result = gguf_perplexity(path, cfg, max_sequences, whole)
     elif path.is_dir():
-        result = torch_perplexity(path, cfg, max_sequences)
+        result = torch_perplexity(path, cfg, max_sequences, whole)
     else:
         raise FileNotFoundError(f"{path} is neither a checkpoint folder nor a .gguf file")
     result["loss"], result["perplexity"] = overall(result["sources"])
     result["seq_len"] = cfg.training.seq_len
     return result
+
+
+def run_eval(cfg: RunConfig) -> dict[str, Any]:
+    """`wrinklefree eval` of a checkpoint folder: `cfg.checkpoint`, else the materialized `cfg.model`.
+
+    Scores the rows `eval.split` chooses (scored_split.py), the first `eval.max_sequences` of each
+    source (all when null), `training.batch_size` at a time, on CUDA when there is one (compute.device).
+    Returns {"checkpoint", "kind": "bitnet" | "hf", "seq_len", "sources": {name: {loss, perplexity, tokens, split}}}.
+    """
+    import torch
+
+    from wrinklefree_core.evaluation.scored_split import whole_sources
+    from wrinklefree_core.models.sources import materialize
+
+    path = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else materialize(cfg.model)
+    device = "cuda" if cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available()) else "cpu"
+    result = torch_perplexity(path, cfg, cfg.eval.max_sequences, whole_sources(cfg, path), device)
+    return {"checkpoint": str(path), "kind": result["kind"], "seq_len": cfg.training.seq_len, "sources": result["sources"]}

@@ -4,7 +4,7 @@
 - datamodule.py: batches from the data mixture, validation rows per source.
 - callbacks/: one concern per file (resumable checkpoints, NaN guard, throughput).
 - optimizers.py, schedule.py, zclip.py, qk_clip.py: optimizer, WSD schedule, adaptive clipping, QK-clip.
-- runner.py: `run_train(cfg)`, the train stage; evaluate.py: perplexity and `run_eval(cfg)`.
+- runner.py: `run_train(cfg)`, the train stage; evaluate.py: perplexity of token rows.
 
 Importing this package stays cheap (no Lightning import here), so the CLI and errors.py can use it.
 """

@@ -10,9 +10,8 @@ Design choices:
   token counts, the one after an EOS included, as in training's CE.
 - Sums of token losses and counts, not a mean of batch means, so the result does not depend on the
   batch size; the loss is summed in fp32.
-- `run_eval` reads a BitNet checkpoint or a plain HF folder (the teacher), so one command compares
-  a student with its teacher on the same rows. It evaluates every held-out row; the validation
-  inside training caps rows per source to keep it cheap.
+- `load_for_eval` reads a BitNet checkpoint or a plain HF folder (the teacher), so one command
+  compares a student with its teacher on the same rows (`wrinklefree eval`, evaluation/perplexity.py).
 """
 
 from __future__ import annotations
@@ -95,22 +94,3 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Any
         return model, AutoTokenizer.from_pretrained(folder), "bitnet"
     model, tokenizer = load_hf_model(folder)
     return model.to(device).eval(), tokenizer, "hf"
-
-
-def run_eval(cfg) -> dict[str, Any]:
-    """Evaluate `cfg.checkpoint` (or the materialized `cfg.model`) on `cfg.data`'s held-out rows.
-
-    Rows are packed at `training.seq_len`, the first `eval.max_sequences` of each source (all when
-    null), and scored `training.batch_size` at a time. Returns
-    {"checkpoint": path, "kind": "bitnet" | "hf", "seq_len": L, "sources": {name: {loss, perplexity, tokens}}}.
-    """
-    from wrinklefree_core.data.datamodule_core import build_datasets
-    from wrinklefree_core.models.sources import materialize
-
-    path = Path(cfg.checkpoint).expanduser() if cfg.checkpoint else materialize(cfg.model)
-    device = "cuda" if cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available()) else "cpu"
-    model, tokenizer, kind = load_for_eval(path, device)
-    _, val_sets = build_datasets(cfg.data, tokenizer, cfg.training.seq_len)
-    val_sets = {name: rows[: cfg.eval.max_sequences] for name, rows in val_sets.items()}
-    sources = evaluate_perplexity(model, val_sets, batch_size=cfg.training.batch_size, eos_token_id=tokenizer.eos_token_id)
-    return {"checkpoint": str(path), "kind": kind, "seq_len": cfg.training.seq_len, "sources": sources}

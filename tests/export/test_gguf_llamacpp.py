@@ -198,22 +198,45 @@ def test_report_table_lists_every_tensor(exported):
 
 
 def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, tmp_path, monkeypatch):
-    """A classic export bug (llama's q/k RoPE permutation applied to a NEOX-RoPE bitnet file) is caught."""
-    monkeypatch.setattr(gguf_layout, "_NORM_ROPE_ARCHS", frozenset({"llama", "bitnet"}))
+    """A classic export bug (llama's q/k RoPE permutation applied to a NEOX-RoPE bitnet file) is caught,
+    and a re-export that fails leaves the earlier good GGUF and the verification it passed as they were."""
     ckpt = checkpoint_factory("tiny_llama_256", "bitdistill")
     out = tmp_path / "model.gguf"
-    out.write_bytes(b"previous export")
-    with pytest.raises(VerificationError, match=r"layer 0: llama.cpp's output differs from the reference"):
-        # The Q8_0 embedding these margins were measured with (a Q6_K one gives other random inputs).
-        export_gguf(ckpt, out, ExportConfig(verify_max_rel_error=TIGHT, float_type="q8_0"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [LLAMA_LOG_NAME, "model.gguf", VERIFICATION_NAME]
-    assert out.read_bytes() == b"previous export"
-    result = json.loads((tmp_path / VERIFICATION_NAME).read_text())
+    # The Q8_0 embedding these margins were measured with (a Q6_K one gives other random inputs).
+    cfg = ExportConfig(verify_max_rel_error=TIGHT, float_type="q8_0")
+    export_gguf(ckpt, out, cfg)
+    good = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(good) == [LLAMA_LOG_NAME, "model.gguf", VERIFICATION_NAME]
+
+    monkeypatch.setattr(gguf_layout, "_NORM_ROPE_ARCHS", frozenset({"llama", "bitnet"}))
+    with pytest.raises(VerificationError, match=r"layer 0: llama.cpp's output differs from the reference") as failed:
+        export_gguf(ckpt, out, cfg)
+    assert f"Details in {tmp_path / 'verification.failed.json'}" in str(failed.value)
+    assert "left as they were" in str(failed.value) and ".unverified-" not in str(failed.value)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([LLAMA_LOG_NAME, "llama_cpp.failed.log", "model.gguf", VERIFICATION_NAME, "verification.failed.json"])
+    assert all((tmp_path / name).read_bytes() == content for name, content in good.items())
+    assert json.loads(good[VERIFICATION_NAME])["passed"] is True
+    result = json.loads((tmp_path / "verification.failed.json").read_text())
     assert result["passed"] is False and result["tokens_match"] is True
+    assert result["gguf"] == "model.gguf" and result["llama_cpp_log"] == "llama_cpp.failed.log"
     # Only ~2% on the logits, about the size of the quantization gap to the exact model: a check
     # against the exact model alone could not tell this bug from rounding. Per layer it stands out.
     assert result["vs_reference"]["rel_l2_error"] > 0.01
     assert all(r["rel_error"] > 10 * r["bound"] for r in result["layers"]["per_layer"])
+
+    monkeypatch.undo()  # fixed: the next export passes and the failed attempt's record goes
+    export_gguf(ckpt, out, cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(good)
+
+
+def test_an_unverified_export_removes_the_verification_of_the_file_it_replaces(checkpoint_factory, tmp_path):
+    ckpt = checkpoint_factory("tiny_llama", "bitdistill")
+    export_gguf(ckpt, tmp_path / "model.gguf", ExportConfig())
+    assert (tmp_path / VERIFICATION_NAME).is_file()
+    report, verification = export_gguf(ckpt, tmp_path / "model.gguf", ExportConfig(verify=False))
+    assert verification is None and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+    assert any(f"removed {VERIFICATION_NAME}" in note for note in report.notes)
 
 
 def test_a_writer_bug_that_llama_cpp_and_the_reference_share_is_caught(checkpoint_factory, tmp_path, monkeypatch):

@@ -29,9 +29,10 @@ Design choices:
 - Failure policy: `verify_gguf` on its own raises VerificationError and leaves the file it was given
   alone (it is the caller's file; the json says "passed": false). `export_gguf` writes the new file
   under a staging name, verifies that, and publishes it under the real name only when it passes; on
-  failure the staging file is deleted and an existing file at the real name is left untouched. A file
-  under the expected name is therefore always one that passed (a user who wants to inspect a failing
-  export can rerun with export.verify=false).
+  failure the staging file is deleted and an existing file at the real name is left untouched, with
+  its own verification.json (the failed one is then verification.failed.json). A file under the
+  expected name is therefore always one that passed, beside the verification it passed (a user who
+  wants to inspect a failing export can rerun with export.verify=false).
 
 LRC checkpoints (base GGUF + LoRA adapter GGUF, gguf_lora.py) get the same checks for base + adapter
 against the PyTorch LRC model, plus:
@@ -93,6 +94,8 @@ from wrinklefree_core.storage.atomic import atomic_write_text
 
 VERIFICATION_NAME = "verification.json"
 LLAMA_LOG_NAME = "llama_cpp.log"  # llama.cpp's own log of the verification, beside the json
+# A re-export that fails beside a published GGUF: its record, leaving that file's own verification alone.
+FAILED_VERIFICATION_NAME, FAILED_LOG_NAME = "verification.failed.json", "llama_cpp.failed.log"
 _ADAPTER_GGML_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
@@ -482,13 +485,14 @@ def verify_gguf(
     published_name: str | None = None,
     lora_path: str | os.PathLike | None = None,
     published_lora_name: str | None = None,
+    log_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Check a GGUF against its checkpoint in llama.cpp; write the result as JSON; return it.
 
     For a checkpoint with LRC adapters the base GGUF is checked together with its LoRA adapter GGUF:
     `lora_path`, by default `<name>.lora.gguf` beside the base when that file exists (see the module
     docstring for the extra checks). The JSON goes to `json_path` (default: verification.json beside
-    the GGUF). Raises VerificationError when a check fails or llama.cpp cannot load the file(s); the
+    the GGUF), llama.cpp's log to `log_path` (default: llama_cpp.log beside the JSON). Raises VerificationError when a check fails or llama.cpp cannot load the file(s); the
     files themselves are kept.
     """
     gguf_path, checkpoint_dir = Path(gguf_path), Path(checkpoint_dir)
@@ -500,8 +504,8 @@ def verify_gguf(
     if lora is not None:
         base["lora_gguf"] = published_lora_name or lora.name
     base["checkpoint"] = str(checkpoint_dir)
-    log_file = json_file.parent / LLAMA_LOG_NAME
-    base["llama_cpp_log"] = log_file.name
+    log_file = Path(log_path) if log_path else json_file.parent / LLAMA_LOG_NAME
+    base["llama_cpp_log"] = LLAMA_LOG_NAME if log_path else log_file.name
     try:
         log_file.unlink(missing_ok=True)  # this verification's log only
         with llamacpp_log_to(log_file):
@@ -541,61 +545,88 @@ def export_gguf(
 ) -> tuple[GGUFExportReport, dict[str, Any] | None]:
     """write_gguf, then (if cfg.verify) verify before publishing; return (report, verification or None).
 
-    With verification the file is written under a staging name, checked in llama.cpp, and renamed to
-    `out_path` only if it passes; on failure nothing new is left at `out_path` and VerificationError
-    is raised (verification.json beside `out_path` says why).
+    With verification the file, its verification.json and llama.cpp's log are written under staging
+    names, checked in llama.cpp, and renamed to their real names only if the file passes. On failure
+    nothing new is left at `out_path` and VerificationError is raised; the json and log that say why
+    become verification.json / llama_cpp.log when no GGUF is published at `out_path`, and
+    verification.failed.json / llama_cpp.failed.log when one is (that file and its own verification
+    stay as they were).
 
     A checkpoint with LRC adapters becomes two files, the base at `out_path` and its LoRA adapter at
     lora_path_for(out_path) (`<name>.lora.gguf`, type `lora_type`, default cfg.lora_type), verified together
     and published together; `report.lora` describes the adapter.
     """
     out = Path(out_path)
-    if checkpoint_has_lrc(checkpoint_dir):
-        return _export_with_lora(checkpoint_dir, out, cfg, lora_type)
+    lora_out = lora_path_for(out) if checkpoint_has_lrc(checkpoint_dir) else None
     if not cfg.verify:
-        report = write_gguf(checkpoint_dir, out, cfg)
-        report.notes += _stale_adapter_note(out)
+        if lora_out is not None:
+            lora_report = write_lora_gguf(checkpoint_dir, out, lora_out, cfg, lora_type)
+            report, report.lora = lora_report.base, lora_report
+        else:
+            report = write_gguf(checkpoint_dir, out, cfg)
+            report.notes += _stale_adapter_note(out)
+        for stale in (out.parent / VERIFICATION_NAME, out.parent / LLAMA_LOG_NAME):
+            if stale.exists():  # it described the file just replaced
+                stale.unlink()
+                report.notes.append(f"removed {stale.name}: it described the file this export replaced, which was not verified")
         return report, None
-    staging = out.parent / f".{out.name}.unverified-{os.getpid()}"
+    staged = {out: _staging(out), out.parent / VERIFICATION_NAME: _staging(out.parent / VERIFICATION_NAME)}
+    staged[out.parent / LLAMA_LOG_NAME] = _staging(out.parent / LLAMA_LOG_NAME)
+    if lora_out is not None:
+        staged[lora_out] = _staging(lora_out)
     try:
-        report = write_gguf(checkpoint_dir, staging, cfg)
-        result = verify_gguf(staging, checkpoint_dir, cfg, json_path=out.parent / VERIFICATION_NAME, published_name=out.name)
-        os.replace(staging, out)
+        if lora_out is not None:
+            lora_report = write_lora_gguf(checkpoint_dir, staged[out], staged[lora_out], cfg, lora_type)
+            report, report.lora = lora_report.base, lora_report
+        else:
+            report = write_gguf(checkpoint_dir, staged[out], cfg)
+        result = _verify_staged(checkpoint_dir, cfg, out, lora_out, staged)
+        # The GGUF goes last: a file under the real name always has its own verification beside it.
+        for final in sorted(staged, key=lambda f: f == out):
+            if staged[final].exists():
+                os.replace(staged[final], final)
+        for old in (out.parent / FAILED_VERIFICATION_NAME, out.parent / FAILED_LOG_NAME):
+            old.unlink(missing_ok=True)  # an earlier failed attempt's, superseded by this pass
     finally:
-        staging.unlink(missing_ok=True)
+        for staging in staged.values():
+            staging.unlink(missing_ok=True)
     report.path = out
-    report.notes += _stale_adapter_note(out)
+    if lora_out is not None:
+        report.lora.path = lora_out
+    else:
+        report.notes += _stale_adapter_note(out)
     return report, result
 
 
-def _export_with_lora(
-    checkpoint_dir: str | os.PathLike, out: Path, cfg: ExportConfig, lora_type: str | None
-) -> tuple[GGUFExportReport, dict[str, Any] | None]:
-    lora_out = lora_path_for(out)
-    if not cfg.verify:
-        lora_report = write_lora_gguf(checkpoint_dir, out, lora_out, cfg, lora_type)
-        report = lora_report.base
-        report.lora = lora_report
-        return report, None
-    staging = out.parent / f".{out.name}.unverified-{os.getpid()}"
-    lora_staging = out.parent / f".{lora_out.name}.unverified-{os.getpid()}"
+def _staging(final: Path) -> Path:
+    """The name a file is written under until its export passes (storage/atomic.py cleans up after a crash)."""
+    return final.parent / f".{final.name}.unverified-{os.getpid()}"
+
+
+def _verify_staged(checkpoint_dir, cfg: ExportConfig, out: Path, lora_out: Path | None, staged: dict[Path, Path]) -> dict[str, Any]:
+    """verify_gguf of the staged files; on failure its json and log move to where the user reads them."""
+    json_final, log_final = out.parent / VERIFICATION_NAME, out.parent / LLAMA_LOG_NAME
     try:
-        lora_report = write_lora_gguf(checkpoint_dir, staging, lora_staging, cfg, lora_type)
-        result = verify_gguf(
-            staging,
+        return verify_gguf(
+            staged[out],
             checkpoint_dir,
             cfg,
-            json_path=out.parent / VERIFICATION_NAME,
+            json_path=staged[json_final],
+            log_path=staged[log_final],
             published_name=out.name,
-            lora_path=lora_staging,
-            published_lora_name=lora_out.name,
+            lora_path=staged[lora_out] if lora_out is not None else None,
+            published_lora_name=lora_out.name if lora_out is not None else None,
         )
-        os.replace(lora_staging, lora_out)
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)
-        lora_staging.unlink(missing_ok=True)
-    report = lora_report.base
-    report.path, lora_report.path = out, lora_out
-    report.lora = lora_report
-    return report, result
+    except VerificationError as e:
+        message = str(e).replace(str(staged[out]), str(out))
+        if out.exists():  # a GGUF that passed before stays published, with its own verification.json
+            json_final, log_final = out.parent / FAILED_VERIFICATION_NAME, out.parent / FAILED_LOG_NAME
+            message += f" {out} and its {VERIFICATION_NAME} are the earlier export's, left as they were."
+        for final, staging in ((json_final, staged[out.parent / VERIFICATION_NAME]), (log_final, staged[out.parent / LLAMA_LOG_NAME])):
+            message = message.replace(str(staging), str(final))
+            if staging.exists():
+                os.replace(staging, final)
+        if json_final.is_file() and log_final.name != LLAMA_LOG_NAME:
+            record = json.loads(json_final.read_text(encoding="utf-8"))
+            _write_json(json_final, {**record, "llama_cpp_log": log_final.name})
+        raise VerificationError(message) from e

@@ -227,12 +227,24 @@ def test_transient_error_is_retried(bucket, gcs_config, tmp_path, monkeypatch):
     assert read_folder(store.download_folder(f"gs://{bucket}/ckpt")) == files
 
 
-def test_failed_rewrite_leaves_the_prefix_incomplete(bucket, gcs_config, tmp_path, monkeypatch):
-    make_folder(tmp_path / "v1", big_bytes=100)
-    make_folder(tmp_path / "v2", big_bytes=200)
+def _second_version(root: Path) -> dict[str, bytes]:
+    """v1's layout with two files changed (the weights and the config) and two the same."""
+    files = make_folder(root, big_bytes=200)
+    (root / "config.json").write_bytes(b'{"model_type": "llama", "version": 2}')
+    return {**files, "config.json": b'{"model_type": "llama", "version": 2}'}
+
+
+def _object_names(bucket: str) -> list[str]:
+    return sorted(b.name for b in raw_client().list_blobs(bucket))
+
+
+def test_failed_replacement_leaves_the_old_artifact_complete(bucket, gcs_config, tmp_path, monkeypatch):
+    v1 = make_folder(tmp_path / "v1", big_bytes=100)
+    v2 = _second_version(tmp_path / "v2")
     store = GCSStore(gcs_config)
     uri = f"gs://{bucket}/ckpt"
     store.upload_folder(tmp_path / "v1", uri)
+    v1_objects = _object_names(bucket)
     real_upload = storage.Blob.upload_from_file
     calls = []
 
@@ -245,10 +257,47 @@ def test_failed_rewrite_leaves_the_prefix_incomplete(bucket, gcs_config, tmp_pat
     monkeypatch.setattr(storage.Blob, "upload_from_file", forbidden_after_first)
     with pytest.raises(StorageError, match="Access denied"):
         store.upload_folder(tmp_path / "v2", uri)
-    assert len(calls) == 2  # a permanent error is not retried
-    # v1's marker was removed before v2 started, so no reader can pair it with v2's first file.
+    assert len(calls) == 2  # a permanent error is not retried; only the two changed files were tried
+    assert all(name.startswith("ckpt/.upload-staging/") for name in calls)
+    # v1 is still whole: its marker, its objects, its bytes (the one staged v2 file sits beside it, unread).
+    assert read_folder(store.download_folder(uri)) == v1
+    assert [n for n in _object_names(bucket) if ".upload-staging" not in n] == v1_objects
+
+    # The retry sends only the file that did not arrive, then swaps inside the bucket.
+    calls.clear()
+    monkeypatch.setattr(storage.Blob, "upload_from_file", lambda self, *a, **k: (calls.append(self.name), real_upload(self, *a, **k))[1])
+    store.upload_folder(tmp_path / "v2", uri)
+    (resent,) = [c for c in calls if not c.endswith(MARKER_NAME)]
+    assert resent.startswith("ckpt/.upload-staging/") and resent.endswith("/model.safetensors"), calls
+    assert read_folder(store.download_folder(uri)) == v2
+    assert not any(".upload-staging" in n for n in _object_names(bucket)), _object_names(bucket)
+
+
+def test_a_replacement_that_fails_while_swapping_is_incomplete_and_a_retry_finishes_it(bucket, gcs_config, tmp_path, monkeypatch):
+    make_folder(tmp_path / "v1", big_bytes=100)
+    v2 = _second_version(tmp_path / "v2")
+    store = GCSStore(gcs_config)
+    uri = f"gs://{bucket}/ckpt"
+    store.upload_folder(tmp_path / "v1", uri)
+    real_rewrite = storage.Blob.rewrite
+
+    def forbidden_rewrite(self, *args, **kwargs):
+        raise api_exceptions.Forbidden("injected 403")
+
+    monkeypatch.setattr(storage.Blob, "rewrite", forbidden_rewrite)
+    with pytest.raises(StorageError, match="Access denied"):
+        store.upload_folder(tmp_path / "v2", uri)
+    # The old marker went before the first copy: no reader pairs v1's marker with a v2 file.
     with pytest.raises(IncompleteUploadError):
         store.download_folder(uri)
+
+    monkeypatch.setattr(storage.Blob, "rewrite", real_rewrite)
+    sent = []
+    real_upload = storage.Blob.upload_from_file
+    monkeypatch.setattr(storage.Blob, "upload_from_file", lambda self, *a, **k: (sent.append(self.name), real_upload(self, *a, **k))[1])
+    store.upload_folder(tmp_path / "v2", uri, skip_identical=True)
+    assert [n for n in sent if not n.endswith(MARKER_NAME)] == []  # every byte was already staged
+    assert read_folder(store.download_folder(uri)) == v2
 
 
 def test_rewrite_gets_a_new_cache_entry(bucket, gcs_config, tmp_path):
@@ -329,3 +378,12 @@ def test_bytes_are_verified_after_download_and_no_partial_copy_remains(bucket, g
         store.download_folder(uri)
     leftovers = [p.name for p in (tmp_path / "cache" / "gcs").rglob("*") if p.is_dir()]
     assert not [name for name in leftovers if name.startswith(".tmp-") or re.fullmatch(r"g\d+-.*", name)]
+
+
+def test_staged_copies_seen_through_a_mount_are_not_part_of_the_artifact(tmp_path):
+    from wrinklefree_core.storage.manifest import STAGING_DIR, scan_folder
+
+    files = make_folder(tmp_path / "mounted", big_bytes=10)
+    (tmp_path / "mounted" / STAGING_DIR / "0a1b2c3d-10").mkdir(parents=True)
+    (tmp_path / "mounted" / STAGING_DIR / "0a1b2c3d-10" / "model.safetensors").write_bytes(b"x" * 10)
+    assert sorted(e.path for e in scan_folder(tmp_path / "mounted").files) == sorted(files)

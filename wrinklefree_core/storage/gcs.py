@@ -9,8 +9,11 @@ Design choices:
 - Files larger than `chunk_size_mb` go through a resumable session in chunks of that size (the client
   would otherwise send anything up to 8 MiB in one request); smaller files take one request. Every
   uploaded object is checked against the local size and CRC32C the server reports back.
-- Completion: the old `_COMPLETE` marker is deleted before a prefix is rewritten and the new one is
-  written last (manifest.py), so a reader never consumes a half-uploaded or half-replaced folder.
+- Completion: the `_COMPLETE` marker is written last (manifest.py), so a reader never consumes a
+  half-uploaded folder. Replacing a complete artifact first uploads the changed files beside it
+  (STAGING_DIR); only then is the old marker removed, the files copied into place inside the bucket
+  and the new marker written. A transfer that fails leaves the old artifact complete, and the window
+  in which the prefix reads "incomplete" is a few server-side copies long, not the upload.
   Uploads only read local files: a failed upload never deletes or modifies them. With
   `skip_identical`, objects already holding a file's size and CRC32C are not sent again (a second
   try, or a folder written through a mount of the bucket that only needs sealing).
@@ -23,6 +26,7 @@ Design choices:
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
@@ -41,6 +45,7 @@ from wrinklefree_core.paths import cache_dir
 from wrinklefree_core.storage import cache
 from wrinklefree_core.storage.manifest import (
     MARKER_NAME,
+    STAGING_DIR,
     CorruptArtifactError,
     FileEntry,
     Manifest,
@@ -194,39 +199,46 @@ class GCSStore:
     ) -> GCSURI:
         """Upload every file under `local_dir` to `gs_uri`, then write the completion marker last.
 
-        An existing marker at `gs_uri` is removed first, so readers see "incomplete" rather than a
-        mix of old and new files while the prefix is rewritten. Objects under the prefix that the new
-        folder lacks are left in place and ignored by readers. Local files are only read.
-        `skip_identical`: objects already in the bucket with the file's size and CRC32C are not sent
-        again (a re-run after a failed upload, or a folder written through a mount of the bucket; a
-        top-level marker file seen through such a mount is a stale copy and is left out).
+        A prefix that already holds a complete artifact is replaced without ever leaving it broken
+        while bytes travel: the changed files are uploaded beside it (under STAGING_DIR), and only
+        when all of them are in the bucket is the old marker removed, the files copied into place
+        inside the bucket and the new marker written. A failed transfer leaves the old artifact
+        complete; a retry finds the staged files and does not send them again. Files the bucket
+        already holds with the same size and CRC32C are never rewritten. Objects under the prefix that
+        the new folder lacks are left in place and ignored by readers. Local files are only read.
+        `skip_identical`: also skip identical objects when the prefix has no marker (a re-run after a
+        failed first upload, or a folder written through a mount of the bucket; a top-level marker
+        file seen through such a mount is a stale copy and is left out).
         Raises StorageError (BucketUnreachableError once retries run out). Returns the target URI.
         """
         target = _as_folder(gs_uri, "upload to")
         root = Path(local_dir)
         manifest = scan_folder(root, ignore_marker=skip_identical)
-        have = {i.path: i for i in self.list_prefix(target)} if skip_identical else {}
         bucket = self.client.bucket(target.bucket)
         marker = bucket.blob(target.object_name(MARKER_NAME))
         timeout = self.config.timeout_s
-
-        def drop_old_marker() -> None:
-            try:
-                marker.delete(retry=None, timeout=timeout)
-            except api_exceptions.NotFound:
-                pass
-
-        self._call(drop_old_marker, bucket=target.bucket, what=f"remove the old completion marker of {target}")
+        replacing = self.is_complete(target)
+        have = {i.path: i for i in self.list_prefix(target)} if skip_identical or replacing else {}
+        changed = [e for e in manifest.files if not _holds(have.get(e.path), e)]
         started = time.monotonic()
-        for entry in manifest.files:
-            known = have.get(entry.path)
-            if known is not None and known.size == entry.size and known.crc32c == entry.crc32c:
-                continue
-            self._call(
-                lambda entry=entry: self._upload_file(bucket, root, target, entry),
-                bucket=target.bucket,
-                what=f"upload {entry.path} to {target}",
-            )
+        # A file staged by an earlier try that failed while swapping is copied, not sent again.
+        staged = [e for e in changed if _holds(have.get(_staged_name(e)), e)]
+        if replacing:
+            for entry in changed:  # the old artifact stays complete and readable meanwhile
+                if entry not in staged:
+                    self._send(bucket, root, target, entry, _staged_name(entry))
+            staged = changed
+            if changed:
+                self._call(lambda: _delete_if_there(marker, timeout), bucket=target.bucket, what=f"remove the old completion marker of {target}")
+        for entry in changed:
+            if entry in staged:
+                self._call(
+                    lambda entry=entry: _copy_within(bucket, target, _staged_name(entry), entry, timeout),
+                    bucket=target.bucket,
+                    what=f"copy the new {entry.path} into place in {target}",
+                )
+            else:
+                self._send(bucket, root, target, entry, entry.path)
         self._call(
             lambda: marker.upload_from_string(
                 manifest.to_json(), content_type="application/json", retry=None, timeout=timeout
@@ -234,16 +246,33 @@ class GCSStore:
             bucket=target.bucket,
             what=f"write the completion marker of {target}",
         )
+        self._drop_staging(bucket, target)
         log.info(
-            "uploaded %d files (%.1f MiB) to %s in %.1fs",
-            len(manifest.files), manifest.total_bytes / 2**20, target, time.monotonic() - started,
+            "uploaded %d of %d files (%.1f MiB in all) to %s in %.1fs",
+            len(changed), len(manifest.files), manifest.total_bytes / 2**20, target, time.monotonic() - started,
         )
         return target
 
-    def _upload_file(self, bucket: storage.Bucket, root: Path, target: GCSURI, entry: FileEntry) -> None:
+    def _send(self, bucket: storage.Bucket, root: Path, target: GCSURI, entry: FileEntry, name: str) -> None:
+        self._call(
+            lambda: self._upload_file(bucket, root, target.object_name(name), entry),
+            bucket=target.bucket,
+            what=f"upload {entry.path} to {target}",
+        )
+
+    def _drop_staging(self, bucket: storage.Bucket, target: GCSURI) -> None:
+        """Delete the staged copies once the marker is written; one left behind is only clutter, so failures are logged."""
+        staging = target.child(STAGING_DIR)
+        try:
+            for info in self.list_prefix(staging):
+                _delete_if_there(bucket.blob(staging.object_name(info.path)), self.config.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the upload itself succeeded
+            log.warning("could not delete the staged copies under %s: %s", staging, exc)
+
+    def _upload_file(self, bucket: storage.Bucket, root: Path, object_name: str, entry: FileEntry) -> None:
         chunk = self.config.chunk_size_bytes
         resumable = entry.size > chunk
-        blob = bucket.blob(target.object_name(entry.path), chunk_size=chunk if resumable else None)
+        blob = bucket.blob(object_name, chunk_size=chunk if resumable else None)
         with open(root / entry.path, "rb") as f:
             # size=None makes the client open a resumable session and send chunk-sized pieces even for
             # files under its own 8 MiB single-request threshold.
@@ -386,6 +415,33 @@ class GCSStore:
             raise CorruptArtifactError(
                 f"{source.child(entry.path)}: {problem} after download. Re-run the stage that writes {source}."
             )
+
+
+def _holds(info: ObjectInfo | None, entry: FileEntry) -> bool:
+    """True when the object `info` already has `entry`'s bytes (same size and CRC32C)."""
+    return info is not None and info.size == entry.size and info.crc32c == entry.crc32c
+
+
+def _staged_name(entry: FileEntry) -> str:
+    """Where a changed file waits; named by content, so a retry finds what it already sent."""
+    return f"{STAGING_DIR}/{base64.b64decode(entry.crc32c).hex()}-{entry.size}/{entry.path}"
+
+
+def _delete_if_there(blob: storage.Blob, timeout: float) -> None:
+    try:
+        blob.delete(retry=None, timeout=timeout)
+    except api_exceptions.NotFound:
+        pass
+
+
+def _copy_within(bucket: storage.Bucket, target: GCSURI, staged: str, entry: FileEntry, timeout: float) -> None:
+    """Server-side copy of a staged object to its real name (no bytes through this machine), checked."""
+    destination = bucket.blob(target.object_name(entry.path))
+    token, _, _ = destination.rewrite(bucket.blob(target.object_name(staged)), retry=None, timeout=timeout)
+    while token is not None:
+        token, _, _ = destination.rewrite(bucket.blob(target.object_name(staged)), token=token, retry=None, timeout=timeout)
+    if destination.size != entry.size or destination.crc32c != entry.crc32c:
+        raise UploadMismatch(f"{entry.path} was copied into place as {destination.size} bytes (crc32c {destination.crc32c}), expected {entry.size} ({entry.crc32c})")
 
 
 def _deliver(folder: Path, local_dir: str | os.PathLike | None) -> Path:

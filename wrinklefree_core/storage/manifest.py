@@ -90,10 +90,13 @@ def crc32c_of_file(path: Path) -> str:
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
+STAGING_DIR = ".upload-staging"  # under a prefix being replaced: new files wait here until all have arrived (gcs.py)
+
+
 def scan_folder(root: Path, ignore_marker: bool = False) -> Manifest:
     """Build the manifest of every regular file under `root` (symlinks followed), without modifying anything.
 
-    Raises StorageError when `root` is not a folder or holds a top-level file named like the marker
+    The STAGING_DIR folder is left out. Raises StorageError when `root` is not a folder or holds a top-level file named like the marker
     (unless `ignore_marker`: then that file is left out of the manifest).
     """
     if not root.is_dir():
@@ -103,7 +106,8 @@ def scan_folder(root: Path, ignore_marker: bool = False) -> Manifest:
         raise StorageError(
             f"{root} contains a file named {MARKER_NAME}, which is reserved for the completion marker; rename it."
         )
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p != marker)
+    staging = root / STAGING_DIR  # a replacement's staged copies, seen through a mount of the bucket
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p != marker and staging not in p.parents)
     return Manifest(
         files=tuple(
             FileEntry(path=relative_posix(p, root), size=p.stat().st_size, crc32c=crc32c_of_file(p)) for p in paths

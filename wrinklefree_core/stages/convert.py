@@ -23,10 +23,11 @@ from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet
 from wrinklefree_core.models.conversion import convert_for_run
 from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
 from wrinklefree_core.quant.reference import ternarize_weight
-from wrinklefree_core.artifacts.io import as_uris, local_inputs, plan_output
+from wrinklefree_core.artifacts.io import OutputTarget, as_uris, local_inputs, plan_output
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.artifacts.output_guard import check_output
+from wrinklefree_core.storage.locks import output_lock
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
 
@@ -59,6 +60,11 @@ def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
 def run_convert(cfg: RunConfig) -> StageResult:
     """Convert `cfg.model` to BitNet and write the checkpoint to `cfg.out` (local folder or gs://)."""
     target = plan_output(cfg, default_out(cfg))
+    with output_lock(target.folder, "convert", enabled=not target.mounted):
+        return _convert(cfg, target)
+
+
+def _convert(cfg: RunConfig, target: OutputTarget) -> StageResult:
     out = target.local
     if target.remote is None or target.mounted:
         check_output("convert", cfg, out, {"source model": cfg.model.path if cfg.model.source == "hf" else None})

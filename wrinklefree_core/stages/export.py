@@ -18,11 +18,12 @@ from wrinklefree_core.export.gguf_report import format_report, format_summary
 from wrinklefree_core.export.hf_export import export_hf
 from wrinklefree_core.export.verify import VERIFICATION_NAME, export_gguf
 from wrinklefree_core.models.checkpoint import CheckpointError
-from wrinklefree_core.artifacts.io import local_path, plan_output
+from wrinklefree_core.artifacts.io import OutputTarget, local_path, plan_output
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.artifacts.output_guard import check_output
 from wrinklefree_core.storage.atomic import atomic_write_text, remove_dead_leftovers
+from wrinklefree_core.storage.locks import output_lock
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
 
@@ -42,9 +43,14 @@ def run_export(cfg: RunConfig) -> tuple[StageResult, str]:
     """Export `cfg.checkpoint` per `cfg.export`; returns the result and a human-readable summary."""
     if not cfg.checkpoint:
         raise CheckpointError("export needs checkpoint=DIR (a folder written by `wrinklefree convert` or a training stage)")
+    target = plan_output(cfg, default_out(cfg), is_file=cfg.export.format == "gguf")
+    with output_lock(target.folder, "export", enabled=not target.mounted):
+        return _export(cfg, target)
+
+
+def _export(cfg: RunConfig, target: OutputTarget) -> tuple[StageResult, str]:
     start = time.perf_counter()
     started_ms = now_ms()
-    target = plan_output(cfg, default_out(cfg), is_file=cfg.export.format == "gguf")
     out = target.local
     if target.remote is None or target.mounted:
         check_output("export", cfg, out, {"input checkpoint": cfg.checkpoint}, is_file=cfg.export.format == "gguf")

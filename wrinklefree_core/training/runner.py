@@ -63,6 +63,7 @@ from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.uri import is_remote
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.artifacts.output_guard import check_output, differing_keys
+from wrinklefree_core.storage.locks import output_lock
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
 from wrinklefree_core.training.inputs import (
@@ -213,6 +214,12 @@ def _models(cfg: RunConfig, state: RunState, resume: dict[str, Any] | None, sett
 
 def run_train(cfg: RunConfig) -> StageResult:
     """Train the student `cfg` describes with its recipe; write the BitNet checkpoint to `cfg.out`."""
+    target = plan_output(cfg, default_out(cfg), keep=True)
+    with output_lock(target.folder, stage_name(cfg), enabled=not target.mounted):
+        return _train(cfg, target)
+
+
+def _train(cfg: RunConfig, target: OutputTarget) -> StageResult:
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -232,7 +239,6 @@ def run_train(cfg: RunConfig) -> StageResult:
     from wrinklefree_core.training.tracking import build_logger, log_config, log_data, log_final, tracking_uri
 
     started = time.perf_counter()
-    target = plan_output(cfg, default_out(cfg), keep=True)
     out = target.local
     if out.exists() and not (is_bitnet_checkpoint(out) or (out.is_dir() and not any(out.iterdir()))):
         raise FileExistsError(f"out={out} exists and is not a WrinkleFree checkpoint; refusing to replace it. Choose another out=")

@@ -332,15 +332,16 @@ def test_sliding_window_and_foreign_class_configs_are_refused():
         architecture_of(LlamaConfig(architectures=["LlamaForSequenceClassification"]))
 
 
-@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048}])
-def test_rope_scaling_is_refused_at_convert_naming_it(rope):
+@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0}, {"rope_type": "longrope", "factor": 2.0, "short_factor": [1.0] * 32, "long_factor": [1.0] * 32, "original_max_position_embeddings": 1024}])
+def test_rope_variants_without_a_llama_cpp_counterpart_are_refused_naming_them(rope):
     config = LlamaConfig(rope_parameters={**rope, "rope_theta": 10000.0})
-    with pytest.raises(UnsupportedArchitectureError, match=f"RoPE scaling \\('{rope['rope_type']}'"):
+    with pytest.raises(UnsupportedArchitectureError, match=f"RoPE scaling \\('{rope['rope_type']}'.*carried: linear, yarn, llama3"):
         architecture_of(config)
-    assert architecture_of(LlamaConfig()).hf_class == "LlamaForCausalLM"  # plain RoPE converts
+    for carried in ({"rope_type": "linear", "factor": 2.0}, {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}):
+        assert architecture_of(LlamaConfig(rope_parameters={**carried, "rope_theta": 10000.0})).hf_class == "LlamaForCausalLM"
 
 
-def test_a_rope_scaled_hf_folder_is_refused_by_the_convert_command_before_any_output(tmp_path):
+def test_llama3_rope_with_subln_is_refused_by_the_convert_command_before_any_output(tmp_path):
     import json
     import shutil
     import subprocess
@@ -352,10 +353,12 @@ def test_a_rope_scaled_hf_folder_is_refused_by_the_convert_command_before_any_ou
     source = tmp_path / "scaled"
     shutil.copytree(materialize(compose("convert", ["model=tiny_llama"]).model), source)
     config = json.loads((source / "config.json").read_text())
-    config["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    config["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 256, "rope_theta": 10000.0}
     config.pop("rope_scaling", None)
     (source / "config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "wrinklefree_core.cli", "convert", f"model={source}", f"out={out}"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "RoPE scaling ('linear'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "llama3 RoPE scaling needs per-frequency factors" in proc.stderr and "subln=none" in proc.stderr, proc.stderr
     assert not out.exists()

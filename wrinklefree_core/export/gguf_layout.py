@@ -30,7 +30,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-from wrinklefree_core.models.architectures import architecture_of
+from wrinklefree_core.models.architectures import architecture_of, gguf_arch_of
+from wrinklefree_core.models.rope import rope_parameters, rope_problem, rope_problem_for_arch
+from wrinklefree_core.export.gguf_rope import RopeScaling, rope_scaling
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import LRC_PARAM_NAMES
 from wrinklefree_core.config.bitnet import BitNetSettings
@@ -85,6 +87,7 @@ class ModelDims:
     n_ctx_train: int
     rope_theta: float
     rms_eps: float
+    rope: RopeScaling = RopeScaling("default")
 
 
 @dataclass(frozen=True)
@@ -116,13 +119,10 @@ class GGUFLayout:
 
 def model_dims(config: Any) -> ModelDims:
     """Read the llama.cpp hyperparameters from an HF config; refuse RoPE variants llama.cpp is not told about."""
-    rope = dict(getattr(config, "rope_parameters", None) or {})
-    rope_type = rope.get("rope_type", "default")
-    if rope_type != "default":
-        raise ExportError(
-            f"RoPE type '{rope_type}' is not exported (only plain RoPE is written to the GGUF, so llama.cpp "
-            "would compute different positions). Use a model with rope_type 'default'."
-        )
+    rope = rope_parameters(config)
+    problem = rope_problem(config)
+    if problem is not None:
+        raise ExportError(f"Cannot export this checkpoint to GGUF: {problem}.")
     if getattr(config, "hidden_act", "silu") != "silu":
         raise ExportError(
             f"hidden_act '{config.hidden_act}': the llama.cpp graphs used here run a SiLU-gated MLP only."
@@ -139,6 +139,7 @@ def model_dims(config: Any) -> ModelDims:
         n_ctx_train=config.max_position_embeddings,
         rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
         rms_eps=float(config.rms_norm_eps),
+        rope=rope_scaling(config),
     )
 
 
@@ -228,7 +229,7 @@ def _gguf_name(hf_name: str, tied: bool) -> tuple[str, Role]:
 
 def target_arch(model: nn.Module, settings: BitNetSettings) -> str:
     """The llama.cpp architecture a checkpoint exports as: `bitnet` with SubLN, else the model's own."""
-    return "bitnet" if settings.subln == "bitdistill" else architecture_of(model).gguf_arch
+    return gguf_arch_of(model, settings.subln)
 
 
 def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool = False) -> GGUFLayout:
@@ -258,6 +259,9 @@ def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool =
     dims = model_dims(config)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     arch = target_arch(model, settings)
+    rope_refusal = rope_problem_for_arch(config, arch)
+    if rope_refusal is not None:
+        raise _refuse(rope_refusal, "Convert the model again with the setting named")
     if arch == "bitnet":
         _check_bitnet(model, settings, spec, dims, tied)
     else:

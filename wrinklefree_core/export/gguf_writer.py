@@ -29,6 +29,7 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFile
 
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout, target_arch
+from wrinklefree_core.export.gguf_rope import ROPE_FREQS_NAME, add_rope_scaling
 from wrinklefree_core.export.padding import ExportModel, export_model
 from wrinklefree_core.export.gguf_report import GGUFExportReport, TensorRecord
 from wrinklefree_core.export.gguf_quant import (
@@ -109,6 +110,7 @@ def _add_hparams(writer: GGUFWriter, layout: GGUFLayout, name: str, file_type: L
     writer.add_value_length(d.head_dim)
     writer.add_rope_dimension_count(d.head_dim)
     writer.add_rope_freq_base(d.rope_theta)
+    add_rope_scaling(writer, d.rope)
     writer.add_layer_norm_rms_eps(d.rms_eps)
     writer.add_vocab_size(d.n_vocab)
     writer.add_file_type(file_type)
@@ -127,6 +129,8 @@ def _write_file(
                 writer.add_tensor(gguf_name, enc.data)
             else:
                 writer.add_tensor(gguf_name, enc.data, raw_dtype=enc.ggml_type)
+        if layout.dims.rope.freq_factors is not None:  # llama3 RoPE scaling (gguf_rope.py)
+            writer.add_tensor(ROPE_FREQS_NAME, layout.dims.rope.freq_factors)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -61,6 +61,7 @@ from gguf import GGMLQuantizationType, GGUFReader, Keys, quants
 from torch import nn
 
 from wrinklefree_core.export.gguf_layout import GGUFLayout, unpermute_rows
+from wrinklefree_core.export.gguf_rope import ROPE_FREQS_NAME
 from wrinklefree_core.export.gguf_lora import LoraLayout
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import lrc_modules
@@ -84,6 +85,8 @@ def read_gguf_tensors(path: str | Path, layout: GGUFLayout) -> dict[str, GGUFTen
     specs = layout.by_gguf_name()
     out: dict[str, GGUFTensor] = {}
     for t in GGUFReader(str(path)).tensors:
+        if t.name == ROPE_FREQS_NAME:  # llama3 RoPE factors: not a checkpoint weight; the layer check covers them
+            continue
         spec = specs[t.name]
         qtype = GGMLQuantizationType(t.tensor_type)
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists ne0 (the input width) first

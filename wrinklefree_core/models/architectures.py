@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from wrinklefree_core.models.rope import rope_problem, rope_problem_for_arch
+
 # Config attributes whose presence (with a truthy value) marks a mixture-of-experts model.
 _MOE_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 
@@ -101,8 +103,8 @@ def architecture_of(config_or_model: Any) -> ArchitectureSpec:
     """Return the resolved registry entry for an HF config or causal-LM model.
 
     Raises UnsupportedArchitectureError (a ValueError) naming the architecture found, the supported
-    ones and what to do, for unknown model types, MoE variants, sliding-window attention, RoPE scaling
-    (not exported yet), or a model object that is not the `<Arch>ForCausalLM` class.
+    ones and what to do, for unknown model types, MoE variants, sliding-window attention, RoPE variants
+    llama.cpp has no counterpart for (models/rope.py), or a model object that is not the `<Arch>ForCausalLM` class.
     """
     model = config_or_model if isinstance(config_or_model, nn.Module) else None
     config = getattr(config_or_model, "config", None) if model is not None else config_or_model
@@ -130,8 +132,22 @@ def architecture_of(config_or_model: Any) -> ArchitectureSpec:
         raise _refuse(found, f"it is a mixture-of-experts model ({', '.join(moe)} set)")
     if "sliding_attention" in (getattr(config, "layer_types", None) or []) or getattr(config, "use_sliding_window", False):
         raise _refuse(found, "sliding-window attention is enabled (use_sliding_window / layer_types)")
-    rope = dict(getattr(config, "rope_parameters", None) or {})
-    if rope.get("rope_type", "default") != "default":
-        # The GGUF export writes plain RoPE only; refusing here costs nothing, at export a whole training budget.
-        raise _refuse(found, f"its RoPE scaling ({rope.get('rope_type')!r}, rope_parameters {rope}) is not carried to the GGUF export yet")
+    problem = rope_problem(config)
+    if problem is not None:
+        # Refusing here costs nothing; at export it would cost a whole training budget.
+        raise _refuse(found, problem)
     return spec.resolve(config)
+
+
+def gguf_arch_of(config_or_model: Any, subln: str) -> str:
+    """The llama.cpp architecture a converted model exports as: `bitnet` with SubLN (bitdistill), else its own."""
+    return "bitnet" if subln == "bitdistill" else architecture_of(config_or_model).gguf_arch
+
+
+def check_rope_for_export(config_or_model: Any, subln: str) -> None:
+    """Refuse, before any training, a RoPE variant that the GGUF's llama.cpp graph cannot run."""
+    config = getattr(config_or_model, "config", config_or_model)
+    problem = rope_problem_for_arch(config, gguf_arch_of(config_or_model, subln))
+    if problem is not None:
+        archs = getattr(config, "architectures", None) or [config.model_type]
+        raise _refuse(archs[0], problem)

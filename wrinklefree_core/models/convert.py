@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from wrinklefree_core.models.architectures import architecture_of
+from wrinklefree_core.models.architectures import architecture_of, check_rope_for_export
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import rebuild_lrc_adapters
 from wrinklefree_core.config.bitnet import BitNetSettings
@@ -79,6 +79,7 @@ def convert_to_bitnet(model: nn.Module, settings: BitNetSettings) -> nn.Module:
     converted.
     """
     architecture_of(model)
+    check_rope_for_export(model, settings.subln)
     plan = _plan(model, settings)
     eps = settings.subln_eps if settings.subln_eps is not None else model.config.rms_norm_eps
 

@@ -77,7 +77,11 @@ def output_lock(out: str | os.PathLike, stage: str, enabled: bool = True) -> Ite
         yield
         return
     out = Path(out).expanduser().absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        yield  # a file where a folder should be: the stage's output check refuses it, naming the file
+        return
     path = lock_path(out)
     fd = _acquire(path)
     if fd < 0:

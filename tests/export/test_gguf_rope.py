@@ -85,3 +85,18 @@ def test_variants_llama_cpp_cannot_run_are_refused_at_convert(tmp_path, rope, na
     folder = scaled_source(tmp_path, rope)
     with pytest.raises(UnsupportedArchitectureError, match=named):
         build_checkpoint(tmp_path / "ckpt", str(folder), "bitdistill")
+
+
+def test_a_yarn_model_goes_from_convert_through_training_to_a_verified_gguf(tmp_path, private_cache_env):
+    from wrinklefree_core import cli
+
+    private_cache_env("rope-e2e")
+    source = scaled_source(tmp_path, VARIANTS["yarn"][0])
+    converted, trained, gguf = tmp_path / "converted", tmp_path / "trained", tmp_path / "gguf" / "model.gguf"
+    assert cli.main(["convert", f"model={source}", f"out={converted}"]) == 0
+    small = ["training.seq_len=64", "training.batch_size=2", "data.val_fraction=0.01"]
+    assert cli.main(["train", f"model={converted}", "training=unified", "training.max_steps=3", *small, f"out={trained}"]) == 0
+    assert cli.main(["export", f"checkpoint={trained}", "format=gguf", f"out={gguf}", "tracking.model_upload=false"]) == 0
+    verification = json.loads((gguf.parent / "verification.json").read_text())
+    assert verification["passed"] is True
+    assert GGUFReader(gguf).fields["bitnet.rope.scaling.type"].contents() == "yarn"

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from wrinklefree_core.export.gguf_types import encoded_by
+
 T = GGMLQuantizationType
-K_QUANTS = frozenset({T.Q4_K, T.Q5_K, T.Q6_K})  # the ones export.float_type offers
+K_QUANTS = encoded_by("ggml")  # the K-quant rows of gguf_types.py
 K_BLOCK = 256
 
 

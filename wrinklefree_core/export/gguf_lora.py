@@ -49,6 +49,7 @@ from torch import nn
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows
 from wrinklefree_core.export.gguf_quant import BLOCK_32_TYPES, LARGEST_CODE, EncodedTensor, encode_float
+from wrinklefree_core.export.gguf_types import of_role
 from wrinklefree_core.export.gguf_report import LoraExportReport, TensorRecord
 from wrinklefree_core.export.gguf_writer import (
     build_report,
@@ -61,7 +62,7 @@ from wrinklefree_core.models.checkpoint import CONFIG_NAME, SETTINGS_KEY
 from wrinklefree_core.models.lrc import lrc_modules
 
 T = GGMLQuantizationType
-ADAPTER_TYPES = {"f32": T.F32, "f16": T.F16, "q8_0": T.Q8_0, "q5_0": T.Q5_0, "q4_0": T.Q4_0}
+ADAPTER_TYPES = of_role("adapter")
 Q8_0_BLOCK = 32
 LORA_SUFFIX = ".lora.gguf"
 _FP16_MAX = float(np.finfo(np.float16).max)

@@ -27,18 +27,18 @@ from gguf import GGMLQuantizationType, quants
 
 from wrinklefree_core.export import ggml_quants
 from wrinklefree_core.export.gguf_layout import ExportError, permute_rows
+from wrinklefree_core.export.gguf_types import TYPES, encoded_by, of_role
 from wrinklefree_core.quant.reference import ternarize_weight
 
 T = GGMLQuantizationType
-TERNARY_TYPES = {"tq2_0": T.TQ2_0, "tq1_0": T.TQ1_0}
-FALLBACK_TYPES = {"q4_0": T.Q4_0, "q8_0": T.Q8_0}
-FLOAT_TYPES = {"f16": T.F16, "f32": T.F32, "q8_0": T.Q8_0, "q6_k": T.Q6_K, "q5_k": T.Q5_K, "q4_k": T.Q4_K}
+TERNARY_TYPES = of_role("ternary")
+FALLBACK_TYPES = of_role("fallback")
+FLOAT_TYPES = of_role("float")
 TQ_BLOCK = 256
-# Block types of 32 values along a row with one fp16 scale (plus a minimum for none of these): gguf-py encodes them.
-BLOCK_32_TYPES = frozenset({T.Q8_0, T.Q5_0, T.Q4_0})
-# A 32-block's fp16 scale is its absmax over the largest code: values beyond fp16_max * this overflow it.
-LARGEST_CODE = {T.Q8_0: 127, T.Q5_0: 16, T.Q4_0: 8}
 FALLBACK_BLOCK = 32
+# Block types of 32 values along a row with one fp16 scale each (gguf_types.py).
+BLOCK_32_TYPES = frozenset(t.ggml for t in TYPES if t.block == FALLBACK_BLOCK)
+LARGEST_CODE = {t.ggml: t.largest_code for t in TYPES if t.largest_code is not None}
 _FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)
 _FP16_MAX = float(np.finfo(np.float16).max)
 
@@ -101,6 +101,11 @@ def _pack_q8_0(t: np.ndarray, s16: float) -> np.ndarray:
     return np.concatenate([d, q], axis=1).reshape(rows, -1)
 
 
+# The fallback types hold W_q exactly with d = s: packed here, because gguf-py's Q4_0 quantizer maps one
+# sign to -7/8 of s and its Q8_0 one stores s/127. Every `fallback` row of gguf_types.py needs one.
+TERNARY_PACKERS = {T.Q4_0: _pack_q4_0, T.Q8_0: _pack_q8_0}
+
+
 def encode_ternary(
     weight: torch.Tensor, qtype: GGMLQuantizationType, name: str, permute_heads: int | None = None
 ) -> EncodedTensor:
@@ -114,12 +119,10 @@ def encode_ternary(
     s32 = float(s)
     s16 = fp16_scale(s32, name)
     t = wq.to(torch.int8).numpy()
-    if qtype in (T.TQ1_0, T.TQ2_0):
+    if qtype in TERNARY_TYPES.values():
         data = quants.quantize((wq * s).numpy().astype(np.float32), qtype)
-    elif qtype == T.Q4_0:
-        data = _pack_q4_0(t, s16)
-    elif qtype == T.Q8_0:
-        data = _pack_q8_0(t, s16)
+    elif qtype in TERNARY_PACKERS:
+        data = TERNARY_PACKERS[qtype](t, s16)
     else:
         raise ExportError(f"{qtype.name} is not a ternary GGUF type")
     back = quants.dequantize(data, qtype)
@@ -139,7 +142,7 @@ def float_type_for(width: int, qtype: GGMLQuantizationType) -> GGMLQuantizationT
 
 
 def _blocks(arr: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
-    if qtype in ggml_quants.K_QUANTS:
+    if qtype in encoded_by("ggml"):
         return ggml_quants.quantize(arr, qtype)
     return quants.quantize(arr, qtype)
 

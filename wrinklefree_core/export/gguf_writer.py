@@ -30,6 +30,7 @@ from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFile
 from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export.gguf_layout import ExportError, GGUFLayout, permute_rows, plan_layout, target_arch
 from wrinklefree_core.export.gguf_rope import ROPE_FREQS_NAME, add_rope_scaling
+from wrinklefree_core.export.gguf_types import tensor_type
 from wrinklefree_core.export.padding import ExportModel, export_model
 from wrinklefree_core.export.gguf_report import GGUFExportReport, TensorRecord
 from wrinklefree_core.export.gguf_quant import (
@@ -48,17 +49,6 @@ from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.config.bitnet import BitNetSettings
 
 T = GGMLQuantizationType
-_FILE_TYPES = {
-    T.TQ2_0: LlamaFileType.MOSTLY_TQ2_0,
-    T.TQ1_0: LlamaFileType.MOSTLY_TQ1_0,
-    T.Q4_0: LlamaFileType.MOSTLY_Q4_0,
-    T.Q8_0: LlamaFileType.MOSTLY_Q8_0,
-    T.Q6_K: LlamaFileType.MOSTLY_Q6_K,
-    T.Q5_K: LlamaFileType.MOSTLY_Q5_K_M,
-    T.Q4_K: LlamaFileType.MOSTLY_Q4_K_M,
-    T.F16: LlamaFileType.MOSTLY_F16,
-    T.F32: LlamaFileType.ALL_F32,
-}
 _ALIGNMENT = 32  # GGUF's default general.alignment; tensor data is padded to it
 
 
@@ -93,7 +83,7 @@ def _file_type(encoded: list[tuple[str, EncodedTensor]], cfg: ExportConfig) -> L
     used = {e.ggml_type for _, e in encoded}
     for qtype in (TERNARY_TYPES[cfg.ternary_type], FALLBACK_TYPES[cfg.fallback_type], FLOAT_TYPES[cfg.float_type]):
         if qtype in used:
-            return _FILE_TYPES[qtype]
+            return tensor_type(qtype).file_type
     return LlamaFileType.ALL_F32
 
 

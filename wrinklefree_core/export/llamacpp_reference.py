@@ -62,6 +62,7 @@ from torch import nn
 
 from wrinklefree_core.export.gguf_layout import GGUFLayout, unpermute_rows
 from wrinklefree_core.export.gguf_rope import ROPE_FREQS_NAME
+from wrinklefree_core.export.gguf_types import tensor_type
 from wrinklefree_core.export.gguf_lora import LoraLayout
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import lrc_modules
@@ -170,15 +171,14 @@ def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:
 
 def activation_roundtrip(x: torch.Tensor, weight_type: GGMLQuantizationType) -> torch.Tensor:
     """The activation llama.cpp multiplies with a weight of `weight_type` (its vec_dot_type rounding)."""
-    if weight_type in (T.TQ1_0, T.TQ2_0, T.Q4_K, T.Q5_K, T.Q6_K):
+    activation = tensor_type(weight_type).activation  # gguf_types.py
+    if activation == "q8_k":
         return q8_k_roundtrip(x)
-    if weight_type in (T.Q4_0, T.Q5_0, T.Q8_0):
+    if activation == "q8_0":
         return q8_0_roundtrip(x)
-    if weight_type == T.F16:
+    if activation == "f16":
         return x.float().half().float()
-    if weight_type == T.F32:
-        return x.float()
-    raise ValueError(f"no activation model for weight type {weight_type.name}")
+    return x.float()
 
 
 def lora_delta(x: torch.Tensor, pair: LoraPair, accumulate: torch.dtype) -> torch.Tensor:

@@ -44,6 +44,7 @@ from tasks.stage_plan import STAGES, normalize_root
 from tasks.stage_task import call_stage
 from wrinklefree_core.storage.atomic import atomic_write_text
 from wrinklefree_core.tracking.source import short_commit, source_tags
+from wrinklefree_core.uri import is_gcs
 
 # Row labels of the eval table; also MLflow metric names (eval/<label>/ppl), hence no spaces or brackets.
 EVAL_LABELS = {"convert": "naive-conversion", "train": "train-unified", "lrc": "lrc", "distill": "distill", "export": "export-gguf"}
@@ -104,7 +105,7 @@ def run_evals(params: PipelineParams, results: dict[str, dict[str, Any]]) -> lis
 
 
 def _write_summary(out_root: str, summary: dict[str, Any]) -> None:
-    if out_root.startswith("gs://"):
+    if is_gcs(out_root):
         return
     path = Path(out_root) / "pipeline.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,14 +47,15 @@ from flows.stage_params import (
     TrainParams,
     TrainTraining,
 )
-from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, is_remote, normalize_root
+from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, normalize_root
+from wrinklefree_core.uri import is_gcs
 from tasks.stage_task import call_stage
 from wrinklefree_core.config import group_options
 
 
 def model_from_upstream(upstream_uri: str | None) -> str | None:
     """`model=` value matching a local checkpoint's stage.json (a config option name or an HF folder)."""
-    if not upstream_uri or upstream_uri.startswith("gs://") or not (Path(upstream_uri) / "stage.json").is_file():
+    if not upstream_uri or is_gcs(upstream_uri) or not (Path(upstream_uri) / "stage.json").is_file():
         return None
     from wrinklefree_core.artifacts.manifest import read_manifest
 
@@ -69,7 +70,7 @@ def upstream_from_pipeline(stage: str, out_root: str) -> str:
     before = STAGES[STAGES.index(stage) - 1]
     summary_path = Path(normalize_root(out_root)) / "pipeline.json"
     hint = f"give upstream_uri: the `uri` of a {before} stage output (the {before} entry of a pipeline.json, or a gs:// folder)"
-    if is_remote(out_root):
+    if is_gcs(out_root):
         raise ValueError(f"stage '{stage}': out_root {out_root} keeps no pipeline.json; {hint}")
     if not summary_path.is_file():
         raise ValueError(f"stage '{stage}': no upstream_uri given and no pipeline run recorded at {summary_path}; {hint}, or run the pipeline with this out_root first")

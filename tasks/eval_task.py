@@ -29,6 +29,7 @@ from wrinklefree_core.evaluation.speed import machine, measure_speed
 from tasks.stage_task import result_storage
 from wrinklefree_core.config import compose
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.uri import is_gcs
 
 
 def eval_config(overrides: list[str]) -> RunConfig:
@@ -37,7 +38,7 @@ def eval_config(overrides: list[str]) -> RunConfig:
 
 
 def _local(uri: str, cfg: RunConfig) -> Path:
-    if uri.startswith("gs://"):
+    if is_gcs(uri):
         from wrinklefree_core.storage.artifacts import resolve_input
 
         if uri.endswith(".gguf"):

@@ -36,6 +36,7 @@ import yaml
 from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.run import RunConfig
 from wrinklefree_core.storage.mounts import MOUNTS_ENV
+from wrinklefree_core.uri import is_gcs
 
 if TYPE_CHECKING:
     import sky
@@ -135,7 +136,7 @@ def _under_mount(path: str) -> bool:
 
 
 def _reachable_from_cluster(uri: str, cfg: RunConfig) -> bool:
-    if uri.startswith("gs://"):
+    if is_gcs(uri):
         return True
     return _under_mount(uri) and cfg.gcs.bucket is not None
 

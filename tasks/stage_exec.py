@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.mlflow_runs import PARENT_RUN_ENV
-from tasks.stage_plan import StagePlan, StageUnavailableError, is_remote
+from tasks.stage_plan import StagePlan, StageUnavailableError
+from wrinklefree_core.uri import is_gcs
 
 
 @dataclass
@@ -93,7 +94,7 @@ def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str]
     cfg = plan.cfg
 
     def on_cluster(uri: str | None) -> str | None:
-        return mount_path_for(uri, cfg) if uri and is_remote(uri) else uri
+        return mount_path_for(uri, cfg) if uri and is_gcs(uri) else uri
 
     out, checkpoint = on_cluster(plan.out_uri), on_cluster(cfg.checkpoint)
     items = [*plan.items, f"out={out}"] + ([f"checkpoint={checkpoint}"] if checkpoint else [])
@@ -103,7 +104,7 @@ def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str]
     launched = launch_stage(
         sky_task, default_cluster_name(plan.stage, plan.key[:8]), stream_logs=log, teardown=cfg.compute.teardown
     )
-    folder = fetch_records(plan) if is_remote(plan.folder_uri) else Path(plan.folder_uri)
+    folder = fetch_records(plan) if is_gcs(plan.folder_uri) else Path(plan.folder_uri)
     metrics = dict(read_manifest(folder).metrics)
     summary = f"SkyPilot job {launched.job_id} on {launched.cluster_name} finished in {launched.seconds:.0f} s"
     return StageRun(metrics, summary, folder, out)

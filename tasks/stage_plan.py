@@ -22,6 +22,7 @@ from pathlib import Path
 from tasks.digest import artifact_digest, remote_digest, stage_key
 from wrinklefree_core.config import ConfigError, compose, group_options
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.uri import is_gcs
 
 STAGES = ("convert", "train", "lrc", "distill", "export")
 RECIPES = {"train": "unified", "lrc": "lrc_calibration", "distill": "bitdistill_full"}
@@ -51,23 +52,18 @@ class StagePlan:
         return self.out_uri != self.folder_uri
 
 
-def is_remote(uri: str) -> bool:
-    """True for gs:// URIs."""
-    return uri.startswith("gs://")
-
-
 def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_remote(root) else str(Path(root, *parts))
+    return "/".join([root.rstrip("/"), *parts]) if is_gcs(root) else str(Path(root, *parts))
 
 
 def _parent(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[0] if is_remote(uri) else str(Path(uri).parent)
+    return uri.rstrip("/").rsplit("/", 1)[0] if is_gcs(uri) else str(Path(uri).parent)
 
 
 def normalize_root(out_root: str | None) -> str:
     """The out root as an absolute local path (relative roots resolve against the working directory) or gs:// URI."""
     root = out_root or DEFAULT_OUT_ROOT
-    return root if is_remote(root) else str(Path(root).expanduser().resolve())
+    return root if is_gcs(root) else str(Path(root).expanduser().resolve())
 
 
 def stage_items(stage: str, overrides: list[str] | tuple[str, ...], upstream_uri: str | None = None) -> list[str]:
@@ -113,7 +109,7 @@ def compose_stage(stage: str, overrides: list[str] | tuple[str, ...], upstream_u
 
 
 def _input_digest(uri: str, cfg: RunConfig) -> str:
-    return remote_digest(uri, cfg.gcs) if is_remote(uri) else artifact_digest(uri)
+    return remote_digest(uri, cfg.gcs) if is_gcs(uri) else artifact_digest(uri)
 
 
 def plan_stage(
@@ -140,7 +136,7 @@ def plan_stage(
 
 def output_present(uri: str) -> bool:
     """Whether a stage output is still there (gs:// outputs are assumed present: listing them costs a round trip)."""
-    if is_remote(uri):
+    if is_gcs(uri):
         return True
     path = Path(uri)
     return path.is_file() or (path.is_dir() and (path / "stage.json").is_file())

@@ -35,7 +35,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks import mlflow_runs
 from tasks.stage_exec import StageRun, run_local, run_skypilot
-from tasks.stage_plan import RECIPES, StagePlan, compose_stage, is_remote, output_present, plan_stage
+from tasks.stage_plan import RECIPES, StagePlan, compose_stage, output_present, plan_stage
+from wrinklefree_core.uri import is_gcs
 from wrinklefree_core.paths import cache_dir
 from wrinklefree_core.tracking.params import changed_tags, stage_params
 from wrinklefree_core.tracking.source import source_tags
@@ -130,7 +131,7 @@ def resume_model_upload(plan: StagePlan, result: dict[str, Any]) -> None:
 
     gguf = Path(result["uri"])
     tracking = plan.cfg.tracking
-    if plan.stage != "export" or is_remote(result["uri"]) or gguf.suffix != ".gguf" or not gguf.is_file() or not tracking.model_upload:
+    if plan.stage != "export" or is_gcs(result["uri"]) or gguf.suffix != ".gguf" or not gguf.is_file() or not tracking.model_upload:
         return
     client = mlflow_runs.client(tracking.mlflow_uri)
     try:

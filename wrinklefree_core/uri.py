@@ -146,6 +146,14 @@ def format_uri(uri: ArtifactURI) -> str:
     return str(uri)
 
 
+GCS_PREFIX = "gs://"
+
+
+def is_gcs(uri: str | os.PathLike) -> bool:
+    """True when `uri` is written as a gs:// URI: a spelling check that never raises (is_remote validates)."""
+    return str(uri).startswith(GCS_PREFIX)
+
+
 def is_remote(uri: str | os.PathLike | ArtifactURI) -> bool:
     """True for gs:// URIs, False for local paths; raises StorageError for malformed or unsupported URIs."""
     parsed = uri if isinstance(uri, (LocalURI, GCSURI)) else parse_uri(uri)

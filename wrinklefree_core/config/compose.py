@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from wrinklefree_core.config.run import GROUPS, RunConfig
+from wrinklefree_core.uri import is_gcs
 
 
 # Short top-level spellings the stage commands document (`wrinklefree export format=gguf`).
@@ -75,7 +76,7 @@ def _group_config(group: str, option: str) -> dict[str, Any]:
     if group == "model" and Path(option).expanduser().is_dir():
         folder = Path(option).expanduser().resolve()
         return {"name": folder.name, "source": "hf", "path": str(folder), "package": None, "gguf_file": None}
-    if group == "model" and option.startswith("gs://"):
+    if group == "model" and is_gcs(option):
         # Downloaded by the stage that reads it (artifacts/io.py); composing does no I/O.
         name = option.rstrip("/").rsplit("/", 1)[-1]
         return {"name": name, "source": "hf", "path": option, "package": None, "gguf_file": None}

@@ -44,13 +44,6 @@ def describe_heldout(cfg: RunConfig, rows: dict[str, Any]) -> dict[str, dict[str
     return {name: describe_rows(specs.get(name, name), r) for name, r in rows.items()}
 
 
-def overall(sources: dict[str, dict[str, float]]) -> tuple[float, float]:
-    """Token-weighted (loss, perplexity) over all sources."""
-    tokens = sum(r["tokens"] for r in sources.values())
-    loss = sum(r["loss"] * r["tokens"] for r in sources.values()) / max(tokens, 1.0)
-    return loss, math.exp(min(loss, 700.0))
-
-
 def torch_perplexity(
     folder: Path, cfg: RunConfig, max_sequences: int | None, whole: Collection[str] = (), device: str = "cpu"
 ) -> dict[str, Any]:
@@ -133,6 +126,8 @@ def evaluate_local(path: Path, cfg: RunConfig, max_sequences: int | None, whole:
         result = torch_perplexity(path, cfg, max_sequences, whole)
     else:
         raise FileNotFoundError(f"{path} is neither a checkpoint folder nor a .gguf file")
+    from wrinklefree_core.training.evaluate import overall
+
     result["loss"], result["perplexity"] = overall(result["sources"])
     result["seq_len"] = cfg.training.seq_len
     return result

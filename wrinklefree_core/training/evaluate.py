@@ -75,6 +75,13 @@ def evaluate_perplexity(
     return results
 
 
+def overall(sources: Mapping[str, Mapping[str, float]]) -> tuple[float, float]:
+    """Token-weighted (loss, perplexity) over all sources of an evaluate_perplexity result."""
+    tokens = sum(r["tokens"] for r in sources.values())
+    loss = sum(r["loss"] * r["tokens"] for r in sources.values()) / max(tokens, 1.0)
+    return loss, math.exp(min(loss, 700.0))  # finite: it is logged as a metric
+
+
 def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 

@@ -44,7 +44,6 @@ Design choices:
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from pathlib import Path
@@ -66,6 +65,7 @@ from wrinklefree_core.artifacts.output_guard import check_output, differing_keys
 from wrinklefree_core.storage.locks import output_lock
 from wrinklefree_core.training.distributed import full_weights, is_sharded, trainer_settings, world_size
 from wrinklefree_core.training.errors import ResumeError
+from wrinklefree_core.training.evaluate import overall
 from wrinklefree_core.training.inputs import (
     load_checkpoint_student,
     load_student,
@@ -438,9 +438,6 @@ def _val_metrics(val: dict[str, dict[str, float]]) -> dict[str, float]:
     for name, r in val.items():
         metrics[f"val/{name}/loss"] = r["loss"]
         metrics[f"val/{name}/ppl"] = r["perplexity"]
-    tokens = sum(r["tokens"] for r in val.values())
-    loss = sum(r["loss"] * r["tokens"] for r in val.values()) / max(tokens, 1.0)
-    metrics["val/loss"] = loss
-    metrics["val/ppl"] = math.exp(min(loss, 700.0))
+    metrics["val/loss"], metrics["val/ppl"] = overall(val)
     return metrics
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, WrapValidator
 
 from tasks.stage_plan import COMMAND, STAGES, stage_items
 from wrinklefree_core.config import RunConfig, compose
+from wrinklefree_core.config.flatten import deep_merge
 
 DEFAULT_MODEL = "smollm2_135m"
 # The pipeline trains on one domain and scores two others it never saw (configs/data/heldout_eval.yaml):
@@ -62,13 +63,6 @@ def config_value(cfg: RunConfig, path: str) -> Any:
     for part in path.split("."):
         value = getattr(value, part)
     return value
-
-
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in patch.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def mark_given(value: Any, given: dict[str, Any] | None) -> Any:
@@ -109,7 +103,7 @@ def _validate_patch(base: BaseModel, value: Any, handler) -> Any:
         return handler(value)  # pydantic reports the wrong type
     # Validated complete (the context's values under the patch) so a section's own checks see
     # a whole section; then only the patch's keys count as given.
-    return mark_given(handler(_merge(base.model_dump(), value)), value)
+    return mark_given(handler(deep_merge(base.model_dump(), value)), value)
 
 
 def section(stage: str, name: str, title: str, description: str = "") -> Any:

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from wrinklefree_core.config.run import GROUPS, RunConfig
+from wrinklefree_core.config.flatten import deep_merge
 from wrinklefree_core.uri import is_gcs
 
 
@@ -145,13 +146,6 @@ def _nested_model(cls: type[BaseModel], field: str) -> type[BaseModel] | None:
     return None
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def _format_validation_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -197,7 +191,7 @@ def compose(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfi
     cfg: dict[str, Any] = dict(defaults)
     for group in GROUPS:
         if group in choices:
-            cfg[group] = _deep_merge(cfg.get(group, {}) or {}, _group_config(group, choices[group]))
+            cfg[group] = deep_merge(cfg.get(group, {}) or {}, _group_config(group, choices[group]))
     cfg["stage"] = stage
     for key, value in top_level.items():
         _set_dotted(cfg, key, value, RunConfig)

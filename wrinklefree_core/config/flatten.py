@@ -1,4 +1,4 @@
-"""Flatten a resolved config into dotted keys: how every tracker (MLflow params) stores it."""
+"""Nested config dicts: flattened into dotted keys (how every tracker, MLflow params, stores them) and merged."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ EMPTY_VALUES = frozenset({"", "null", "[]", "{}"})
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{"a.b.c": value-as-text} for every leaf of a nested dict (non-strings as JSON)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, name + "."))
-        else:
-            flat[name] = value if isinstance(value, str) else json.dumps(value)
-    return flat
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flatten_values(config, prefix).items()}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `base` with `update` merged in, nested dicts merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def recordable(params: dict[str, Any]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wrinklefree_core.config.flatten import flatten_config, recordable
+from wrinklefree_core.config.flatten import deep_merge, flatten_config, recordable
 
 _RUN = ("stage", "seed", "checkpoint", "out", "overwrite")
 _TRAINING = ("model", "training", "data", "compute", "gcs", "teacher", *_RUN)
@@ -38,21 +38,13 @@ def _pick(config: dict[str, Any], dotted: str) -> dict[str, Any]:
     return {head: _pick(inner, rest)} if isinstance(inner, dict) else {}
 
 
-def _merge(into: dict[str, Any], part: dict[str, Any]) -> None:
-    for key, value in part.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
 def stage_config(config: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of a resolved config (model_dump) that `stage` reads."""
     if stage not in STAGE_SECTIONS:
         raise ValueError(f"unknown stage '{stage}' (stages: {', '.join(STAGE_SECTIONS)})")
     picked: dict[str, Any] = {}
     for dotted in STAGE_SECTIONS[stage]:
-        _merge(picked, _pick(config, dotted))
+        picked = deep_merge(picked, _pick(config, dotted))
     compute = picked.get("compute")
     if isinstance(compute, dict) and compute.get("backend", "local") == "local":
         picked["compute"] = {k: v for k, v in compute.items() if k in _COMPUTE_LOCAL}

@@ -61,8 +61,9 @@ def rope_scaling(config: Any) -> RopeScaling:
     if kind == "linear":
         return RopeScaling("linear", factor=float(rope["factor"]))
     inv_freq, attention = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+    rope = rope_parameters(config)  # as transformers standardized it (defaults filled in)
     if kind == "yarn":
-        original = int(rope["original_max_position_embeddings"])
+        original = int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
         factor = float(rope.get("factor") or config.max_position_embeddings / original)
         return RopeScaling(
             "yarn",

@@ -36,13 +36,7 @@ class RopeScaling:
     yarn_attn_factor: float | None = None
     yarn_beta_fast: float | None = None
     yarn_beta_slow: float | None = None
-    freq_factors: np.ndarray | None = None  # llama3: one per frequency
-
-    def __eq__(self, other: object) -> bool:  # numpy arrays do not compare as bools
-        return isinstance(other, RopeScaling) and repr(self) == repr(other)
-
-    __hash__ = None  # type: ignore[assignment]
-
+    freq_factors: tuple[float, ...] | None = None  # llama3: one per frequency, in float32
 
 def _default_inv_freq(config: Any) -> np.ndarray:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -75,7 +69,7 @@ def rope_scaling(config: Any) -> RopeScaling:
         )
     if kind == "llama3":
         factors = _default_inv_freq(config) / inv_freq.double().numpy()
-        return RopeScaling("llama3", freq_factors=factors.astype(np.float32))
+        return RopeScaling("llama3", freq_factors=tuple(factors.astype(np.float32).tolist()))
     raise ValueError(f"RoPE type {kind!r} is not carried to a GGUF (models/rope.py lists what is)")
 
 

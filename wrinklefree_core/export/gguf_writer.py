@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
@@ -120,7 +121,7 @@ def _write_file(
             else:
                 writer.add_tensor(gguf_name, enc.data, raw_dtype=enc.ggml_type)
         if layout.dims.rope.freq_factors is not None:  # llama3 RoPE scaling (gguf_rope.py)
-            writer.add_tensor(ROPE_FREQS_NAME, layout.dims.rope.freq_factors)
+            writer.add_tensor(ROPE_FREQS_NAME, np.asarray(layout.dims.rope.freq_factors, dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

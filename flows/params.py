@@ -22,18 +22,20 @@ deployment's form is SmokePipelineParams, whose defaults are the smoke budget's 
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from flows.sections import DEFAULT_MODEL, StageSections, context_config, context_items
 from flows.smoke_budget import smoke_budget
-from flows.stage_params import CommonParams, ConvertParams, DistillParams, EvalParams, ExportParams, LrcParams, TrainParams
+from flows.stage_params import STAGE_PARAMS, CommonParams, EvalParams
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, compose_stage
 from wrinklefree_core.config import RunConfig, compose
 from wrinklefree_core.config.redact import redact
+from wrinklefree_core.stages import base as stage_registry
 
 # The typed sub-forms of PipelineParams (every other field is a plain setting).
 FORMS = ("common", *STAGES, "eval")
@@ -41,8 +43,8 @@ FORMS = ("common", *STAGES, "eval")
 UPSTREAM_PLACEHOLDER = "upstream"
 
 
-class PipelineParams(BaseModel):
-    """What one full-pipeline run does: the model, each stage's typed config sections, where results go."""
+class _PipelineForm(BaseModel):
+    """PipelineParams' leading fields and its behaviour; the stage forms and the rest follow (below)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,17 +56,6 @@ class PipelineParams(BaseModel):
         False, exclude=True, description="Fields not given start from the small budget of configs/pipeline/smoke.yaml (Python, CLI)."
     )
     common: CommonParams = Field(CommonParams(), title="common: every stage and the evaluation", description="GCS client settings, teacher, overrides of every stage.")
-    convert: ConvertParams = Field(ConvertParams(), title="1 · convert", description="HF model -> BitNet checkpoint.")
-    train: TrainParams = Field(TrainParams(), title="2 · train", description="Unified training (training=unified).")
-    lrc: LrcParams = Field(LrcParams(), title="3 · lrc", description="LRC calibration (training=lrc_calibration).")
-    distill: DistillParams = Field(DistillParams(), title="4 · distill", description="BitDistill (training=bitdistill_full).")
-    export: ExportParams = Field(ExportParams(), title="5 · export", description="Checkpoint -> GGUF verified in llama.cpp.")
-    eval: EvalParams = Field(EvalParams(), title="eval: the held-out table", description="The held-out rows every artifact is scored on.")
-    eval_max_sequences: int | None = Field(64, gt=0, description="Held-out rows per source scored for the table (null = all).")
-    out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (out_root/stage/key); a folder or gs://bucket/prefix.")
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = $WRINKLEFREE_MLFLOW_STORE, else a sqlite store in the WrinkleFree cache folder.")
-    experiment: str = Field("wrinklefree", description="MLflow experiment of the pipeline run and its stage runs.")
-    refresh: bool = Field(False, description="Recompute every stage even when a cached result matches.")
 
     def _extra(self, stage: str) -> tuple[str, ...]:
         return tuple(smoke_budget(self.model).for_stage(stage)) if self.smoke else ()
@@ -110,10 +101,10 @@ class PipelineParams(BaseModel):
         return self.eval_max_sequences
 
     @model_validator(mode="after")
-    def _compose_and_show(self) -> "PipelineParams":
+    def _compose_and_show(self) -> "_PipelineForm":
         # Composing every stage now refuses a bad run before anything runs; the composed configs
         # then fill each form with what will run (fields given stay marked as given).
-        composed = {stage: compose_stage(stage, self.overrides_for(stage), None if stage == "convert" else UPSTREAM_PLACEHOLDER) for stage in STAGES}
+        composed = {stage: compose_stage(stage, self.overrides_for(stage), None if stage_registry.get(stage).reads == "model" else UPSTREAM_PLACEHOLDER) for stage in STAGES}
         composed["eval"] = compose("eval", self.overrides_for("eval"))
         shown: dict[str, Any] = {name: getattr(self, name).showing(composed[name]) for name in (*STAGES, "eval")}
         shown["common"] = self.common.showing(composed["train"])
@@ -123,29 +114,57 @@ class PipelineParams(BaseModel):
         return self
 
 
+class _Trailing(BaseModel):
+    """The fields after the stage forms (their definitions; PipelineParams puts them last)."""
+
+    eval: EvalParams = Field(EvalParams(), title="eval: the held-out table", description="The held-out rows every artifact is scored on.")
+    eval_max_sequences: int | None = Field(64, gt=0, description="Held-out rows per source scored for the table (null = all).")
+    out_root: str = Field(DEFAULT_OUT_ROOT, description="Where stage outputs go (out_root/stage/key); a folder or gs://bucket/prefix.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null = $WRINKLEFREE_MLFLOW_STORE, else a sqlite store in the WrinkleFree cache folder.")
+    experiment: str = Field("wrinklefree", description="MLflow experiment of the pipeline run and its stage runs.")
+    refresh: bool = Field(False, description="Recompute every stage even when a cached result matches.")
+
+
+def _stage_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for number, stage in enumerate(STAGES, 1):
+        form = STAGE_PARAMS[stage]
+        fields[stage] = (form, Field(form(), title=f"{number} · {stage}", description=f"{stage_registry.get(stage).summary}."))
+    return fields
+
+
+# One field per registered pipeline stage, in pipeline order, between `common` and `eval`.
+PipelineParams = create_model(
+    "PipelineParams",
+    __base__=_PipelineForm,
+    __module__=__name__,
+    __doc__="What one full-pipeline run does: the model, each stage's typed config sections, where results go.",
+    **_stage_fields(),
+    **{name: (info.annotation, info) for name, info in _Trailing.model_fields.items()},
+)
+
+
 _SMOKE = PipelineParams(model="tiny_llama", smoke=True, out_root="outputs/smoke")  # the preset, every field as it runs
+
+
+_NOT_PRESET = ("tracking_uri", "experiment", "refresh")  # the same in both forms
 
 
 def _smoke_field(name: str) -> Any:
     """A PipelineParams field with the smoke preset's value as its default (same title and description)."""
-    field = PipelineParams.model_fields[name]
-    return Field(getattr(_SMOKE, name), title=field.title, description=field.description, exclude=field.exclude)
+    field = copy.copy(PipelineParams.model_fields[name])  # keeps its metadata (the smoke switch stays out of the schema)
+    field.default = getattr(_SMOKE, name)
+    return field
 
 
-class SmokePipelineParams(PipelineParams):
-    """The smoke preset as a form: tiny_llama with the smoke budget, every field's default the value that runs."""
-
-    model: str = _smoke_field("model")
-    smoke: SkipJsonSchema[bool] = _smoke_field("smoke")
-    common: CommonParams = _smoke_field("common")
-    convert: ConvertParams = _smoke_field("convert")
-    train: TrainParams = _smoke_field("train")
-    lrc: LrcParams = _smoke_field("lrc")
-    distill: DistillParams = _smoke_field("distill")
-    export: ExportParams = _smoke_field("export")
-    eval: EvalParams = _smoke_field("eval")
-    eval_max_sequences: int | None = _smoke_field("eval_max_sequences")
-    out_root: str = _smoke_field("out_root")
+# The smoke preset as a form: tiny_llama with the smoke budget, every field's default the value that runs.
+SmokePipelineParams = create_model(
+    "SmokePipelineParams",
+    __base__=PipelineParams,
+    __module__=__name__,
+    __doc__="The smoke preset as a form: tiny_llama with the smoke budget, every field's default the value that runs.",
+    **{name: (info.annotation, _smoke_field(name)) for name, info in PipelineParams.model_fields.items() if name not in _NOT_PRESET},
+)
 
 
 def smoke_params(**changes) -> PipelineParams:

@@ -29,7 +29,8 @@ from typing import Annotated, Any, ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, WrapValidator
 
-from tasks.stage_plan import COMMAND, STAGES, stage_items
+from tasks.stage_plan import STAGES, stage_items
+from wrinklefree_core.stages import base as stage_registry
 from wrinklefree_core.config import RunConfig, compose
 from wrinklefree_core.config.flatten import deep_merge
 
@@ -54,7 +55,7 @@ def context_config(stage: str, model: str = DEFAULT_MODEL, extra: tuple[str, ...
         return compose("eval", items)
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'")
-    return compose(COMMAND[stage], stage_items(stage, items))
+    return compose(stage_registry.get(stage).command, stage_items(stage, items))
 
 
 def config_value(cfg: RunConfig, path: str) -> Any:

@@ -1,4 +1,4 @@
-"""One flow per stage, for running or re-running a single stage from the Prefect UI or CLI.
+"""One flow per pipeline stage, generated from its registry entry (`stage_flow`), for re-running a single stage.
 
 Each takes the upstream artifact URI as a parameter (convert: an optional HF model folder instead
 of `model`; the others default to the upstream stage's output that the last pipeline run recorded
@@ -18,39 +18,22 @@ When `model` is empty, the model config is read from the upstream checkpoint's s
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 
 from flows.params import PipelineParams
 from flows.sections import DEFAULT_MODEL, StageSections
 from flows.sections import context_value as default_of
-from flows.stage_params import (
-    ConvertBitNet,
-    ConvertCompute,
-    ConvertParams,
-    DistillCompute,
-    DistillData,
-    DistillParams,
-    DistillTraining,
-    ExportCompute,
-    ExportParams,
-    ExportSection,
-    LrcCompute,
-    LrcData,
-    LrcParams,
-    LrcTraining,
-    TrainCompute,
-    TrainData,
-    TrainParams,
-    TrainTraining,
-)
+from flows.stage_params import STAGE_PARAMS, section_types
 from tasks.stage_plan import DEFAULT_OUT_ROOT, STAGES, normalize_root
-from wrinklefree_core.uri import is_gcs
 from tasks.stage_task import call_stage
 from wrinklefree_core.config import group_options
+from wrinklefree_core.stages import base as stage_registry
+from wrinklefree_core.uri import is_gcs
 
 
 def model_from_upstream(upstream_uri: str | None) -> str | None:
@@ -108,165 +91,64 @@ def run_single_stage(
     return result
 
 
-# Prefect copies parameters per run, so the mutable `overrides` defaults below are never shared (B006).
+# The parameters every stage flow shares after its sections: (name, type, default, what it is).
+_SHARED = (
+    ("overrides", list[str], [], "extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`."),
+    ("model", str, "", "configs/model option or HF folder; empty = read from the upstream's stage.json."),
+    ("out_root", str, DEFAULT_OUT_ROOT, "where outputs go (out_root/stage/key); the pipeline's, for cache hits."),
+    ("tracking_uri", str, "", "MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder."),
+    ("experiment", str, "wrinklefree", "MLflow experiment."),
+    ("parent_run_id", str, "", "MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json)."),
+    ("refresh", bool, False, "recompute even when a cached result matches."),
+)
 
 
-@flow(name="convert", log_prints=True)
-def convert_flow(
-    model: str = DEFAULT_MODEL,
-    upstream_uri: str = "",
-    bitnet: ConvertBitNet = default_of("convert", "bitnet"),
-    compute: ConvertCompute = default_of("convert", "compute"),
-    overrides: list[str] = [],  # noqa: B006
-    out_root: str = DEFAULT_OUT_ROOT,
-    tracking_uri: str = "",
-    experiment: str = "wrinklefree",
-    parent_run_id: str = "",
-    refresh: bool = False,
-) -> dict[str, Any]:
-    """HF model (config name, or `upstream_uri` = an HF folder) -> BitNet checkpoint.
-
-    Args:
-        model: configs/model option (tiny_llama, smollm2_135m, ...).
-        upstream_uri: an HF model folder to convert instead of `model`.
-        bitnet: conversion settings (SubLN placement, target modules, skipped layers).
-        compute: where the stage runs.
-        overrides: extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`.
-        out_root: where outputs go (out_root/stage/key); the pipeline's, for cache hits.
-        tracking_uri: MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder.
-        experiment: MLflow experiment.
-        parent_run_id: MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json).
-        refresh: recompute even when a cached result matches.
-    """
-    form = ConvertParams(bitnet=bitnet, compute=compute, overrides=overrides)
-    return run_single_stage("convert", upstream_uri, form, model, out_root, tracking_uri, experiment, parent_run_id, refresh)
+def _parameters(stage: str) -> list[tuple[str, Any, Any, str]]:
+    """(name, type, default, description) of `stage`'s flow parameters, in the order its form shows them."""
+    spec = stage_registry.get(stage)
+    upstream = stage_registry.upstream_of(stage)
+    shared = list(_SHARED)
+    if spec.reads == "model":
+        # The first stage reads a model: `model` leads, and upstream_uri is an HF folder instead of it.
+        shared.remove(next(p for p in shared if p[0] == "model"))
+        head = [
+            ("model", str, DEFAULT_MODEL, "configs/model option (tiny_llama, smollm2_135m, ...)."),
+            ("upstream_uri", str, "", "an HF model folder to convert instead of `model`."),
+        ]
+    else:
+        head = [
+            ("upstream_uri", str, "", f"the {upstream.name} stage's output: its `uri` in out_root/pipeline.json, or a gs:// folder; "
+             "empty = the one the last pipeline run in out_root recorded."),
+        ]  # fmt: skip
+    types = section_types(stage)
+    sections = [(s.name, types[s.name], default_of(stage, s.name), s.description) for s in spec.sections]
+    return head + sections + shared
 
 
-@flow(name="train", log_prints=True)
-def train_flow(
-    upstream_uri: str = "",
-    training: TrainTraining = default_of("train", "training"),
-    data: TrainData = default_of("train", "data"),
-    compute: TrainCompute = default_of("train", "compute"),
-    overrides: list[str] = [],  # noqa: B006
-    model: str = "",
-    out_root: str = DEFAULT_OUT_ROOT,
-    tracking_uri: str = "",
-    experiment: str = "wrinklefree",
-    parent_run_id: str = "",
-    refresh: bool = False,
-) -> dict[str, Any]:
-    """BitNet checkpoint -> trained checkpoint (training=unified: CE + DLM with curriculum).
+def stage_flow(stage: str) -> Flow:
+    """The Prefect flow that runs `stage` alone, its signature and docstring generated from the registry (module docstring)."""
+    spec = stage_registry.get(stage)
+    params = _parameters(stage)
+    section_names = [s.name for s in spec.sections]
 
-    Args:
-        upstream_uri: the convert stage's output: its `uri` in out_root/pipeline.json, or a gs:// folder; empty = the one the last pipeline run in out_root recorded.
-        model: configs/model option or HF folder; empty = read from the upstream's stage.json.
-        training: the unified recipe's fields (configs/training/unified.yaml).
-        data: training data.
-        compute: where the stage runs.
-        overrides: extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`.
-        out_root: where outputs go (out_root/stage/key); the pipeline's, for cache hits.
-        tracking_uri: MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder.
-        experiment: MLflow experiment.
-        parent_run_id: MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json).
-        refresh: recompute even when a cached result matches.
-    """
-    form = TrainParams(training=training, data=data, compute=compute, overrides=overrides)
-    return run_single_stage("train", upstream_uri, form, model, out_root, tracking_uri, experiment, parent_run_id, refresh)
+    def run(**given: Any) -> dict[str, Any]:
+        form = STAGE_PARAMS[stage](**{name: given[name] for name in section_names}, overrides=given["overrides"])
+        rest = (given[k] for k in ("model", "out_root", "tracking_uri", "experiment", "parent_run_id", "refresh"))
+        return run_single_stage(stage, given["upstream_uri"], form, *rest)
+
+    # Keyword-only, so Prefect binds every parameter by name; the defaults are copied per run.
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind) for name, kind, default, _ in params],
+        return_annotation=dict[str, Any],
+    )
+    run.__annotations__ = {name: kind for name, kind, _, _ in params} | {"return": dict[str, Any]}
+    args = "\n".join(f"    {name}: {text}" for name, _, _, text in params)
+    run.__doc__ = f"{spec.summary}.\n\nArgs:\n{args}\n"
+    run.__name__ = run.__qualname__ = f"{stage}_flow"
+    run.__module__ = __name__
+    return flow(name=stage, log_prints=True)(run)
 
 
-@flow(name="lrc", log_prints=True)
-def lrc_flow(
-    upstream_uri: str = "",
-    training: LrcTraining = default_of("lrc", "training"),
-    data: LrcData = default_of("lrc", "data"),
-    compute: LrcCompute = default_of("lrc", "compute"),
-    overrides: list[str] = [],  # noqa: B006
-    model: str = "",
-    out_root: str = DEFAULT_OUT_ROOT,
-    tracking_uri: str = "",
-    experiment: str = "wrinklefree",
-    parent_run_id: str = "",
-    refresh: bool = False,
-) -> dict[str, Any]:
-    """BitNet checkpoint + teacher -> checkpoint with LRC adapters (training=lrc_calibration).
-
-    Args:
-        upstream_uri: the train stage's output: its `uri` in out_root/pipeline.json, or a gs:// folder; empty = the one the last pipeline run in out_root recorded.
-        model: configs/model option or HF folder; empty = read from the upstream's stage.json.
-        training: the lrc_calibration recipe's fields; the lrc objective must stay on.
-        data: calibration data.
-        compute: where the stage runs.
-        overrides: extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`.
-        out_root: where outputs go (out_root/stage/key); the pipeline's, for cache hits.
-        tracking_uri: MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder.
-        experiment: MLflow experiment.
-        parent_run_id: MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json).
-        refresh: recompute even when a cached result matches.
-    """
-    form = LrcParams(training=training, data=data, compute=compute, overrides=overrides)
-    return run_single_stage("lrc", upstream_uri, form, model, out_root, tracking_uri, experiment, parent_run_id, refresh)
-
-
-@flow(name="distill", log_prints=True)
-def distill_flow(
-    upstream_uri: str = "",
-    training: DistillTraining = default_of("distill", "training"),
-    data: DistillData = default_of("distill", "data"),
-    compute: DistillCompute = default_of("distill", "compute"),
-    overrides: list[str] = [],  # noqa: B006
-    model: str = "",
-    out_root: str = DEFAULT_OUT_ROOT,
-    tracking_uri: str = "",
-    experiment: str = "wrinklefree",
-    parent_run_id: str = "",
-    refresh: bool = False,
-) -> dict[str, Any]:
-    """BitNet checkpoint + teacher -> distilled checkpoint (training=bitdistill_full).
-
-    Args:
-        upstream_uri: the lrc stage's output: its `uri` in out_root/pipeline.json, or a gs:// folder; empty = the one the last pipeline run in out_root recorded.
-        model: configs/model option or HF folder; empty = read from the upstream's stage.json.
-        training: the bitdistill_full recipe's fields; a KD objective must stay on.
-        data: training data.
-        compute: where the stage runs.
-        overrides: extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`.
-        out_root: where outputs go (out_root/stage/key); the pipeline's, for cache hits.
-        tracking_uri: MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder.
-        experiment: MLflow experiment.
-        parent_run_id: MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json).
-        refresh: recompute even when a cached result matches.
-    """
-    form = DistillParams(training=training, data=data, compute=compute, overrides=overrides)
-    return run_single_stage("distill", upstream_uri, form, model, out_root, tracking_uri, experiment, parent_run_id, refresh)
-
-
-@flow(name="export", log_prints=True)
-def export_flow(
-    upstream_uri: str = "",
-    export: ExportSection = default_of("export", "export"),
-    compute: ExportCompute = default_of("export", "compute"),
-    overrides: list[str] = [],  # noqa: B006
-    model: str = "",
-    out_root: str = DEFAULT_OUT_ROOT,
-    tracking_uri: str = "",
-    experiment: str = "wrinklefree",
-    parent_run_id: str = "",
-    refresh: bool = False,
-) -> dict[str, Any]:
-    """BitNet checkpoint -> GGUF verified in llama.cpp (export.format=hf: an HF folder).
-
-    Args:
-        upstream_uri: the distill stage's output: its `uri` in out_root/pipeline.json, or a gs:// folder; empty = the one the last pipeline run in out_root recorded.
-        model: configs/model option or HF folder; empty = read from the upstream's stage.json.
-        export: format, GGUF types, llama.cpp verification.
-        compute: where the stage runs.
-        overrides: extra `wrinklefree` overrides applied after every field, e.g. `training=stage2_pretrain` or `model.dtype=bfloat16`.
-        out_root: where outputs go (out_root/stage/key); the pipeline's, for cache hits.
-        tracking_uri: MLflow tracking URI; empty = the sqlite store in the WrinkleFree cache folder.
-        experiment: MLflow experiment.
-        parent_run_id: MLflow run to nest under (the pipeline's mlflow_run_id, in out_root/pipeline.json).
-        refresh: recompute even when a cached result matches.
-    """
-    form = ExportParams(export=export, compute=compute, overrides=overrides)
-    return run_single_stage("export", upstream_uri, form, model, out_root, tracking_uri, experiment, parent_run_id, refresh)
+FLOWS: dict[str, Flow] = {stage: stage_flow(stage) for stage in STAGES}
+# Module-level names, for deploy/prefect.yaml's entrypoints (flows/stage_flows.py:<stage>_flow).
+globals().update({f"{stage}_flow": f for stage, f in FLOWS.items()})

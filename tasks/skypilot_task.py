@@ -35,6 +35,7 @@ import yaml
 
 from wrinklefree_core.config.flatten import flatten_values
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.stages import base as stage_registry
 from wrinklefree_core.storage.mounts import MOUNTS_ENV
 from wrinklefree_core.uri import is_gcs
 
@@ -49,33 +50,18 @@ MASTER_PORT = 29500
 MOUNT_MODE = "MOUNT_CACHED"
 MOUNT_TYPE = "MODEL_CHECKPOINT_RW"
 
-# Pipeline stages that are a CLI command with a recipe chosen for them. Used only while the CLI has
-# no command of that name, so a dedicated command, once added, wins.
-STAGE_ALIASES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "lrc": ("train", ("training=lrc_calibration",)),
-    "distill": ("train", ("training=bitdistill_full",)),
-}
-# CLI commands that print configuration instead of running a stage.
-_NOT_STAGES = {"config", "options"}
-# Commands whose result is a folder or file at `out=`.
-_WRITES_OUT = {"convert", "train", "export"}
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|API_KEY|ACCESS_KEY|PRIVATE_KEY", re.IGNORECASE)
 
 BASE_ENVS = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def stage_command(stage: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
-    """The CLI command and arguments that run `stage`: a CLI command, or an alias such as lrc."""
-    from wrinklefree_core.cli import COMMANDS
-
-    commands = sorted(set(COMMANDS) - _NOT_STAGES)
-    if stage in commands:
+    """The CLI command and arguments that run `stage` (stages/base.py): its own command, or `train` with its recipe (lrc)."""
+    spec = stage_registry.get(stage)
+    if spec.is_command:
         return stage, list(overrides)
-    if stage in STAGE_ALIASES:
-        command, preset = STAGE_ALIASES[stage]
-        # The preset goes first so an explicit training=... among the overrides still wins.
-        return command, [*preset, *overrides]
-    raise ValueError(f"unknown stage '{stage}'; choose one of: {', '.join(commands + sorted(STAGE_ALIASES))}")
+    # The recipe goes first so an explicit training=... among the overrides still wins.
+    return spec.command, [f"training={spec.recipe}", *overrides]
 
 
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
@@ -153,7 +139,7 @@ def check_artifacts_reachable(cfg: RunConfig, stage: str, overrides: Sequence[st
         raise ValueError(
             f"checkpoint={cfg.checkpoint} is a path on this machine, which the cluster cannot see; use {where}"
         )
-    if command in _WRITES_OUT and cfg.compute.teardown:
+    if stage_registry.get(command).writes and cfg.compute.teardown:
         if cfg.out is None or not _reachable_from_cluster(cfg.out, cfg):
             shown = "the default local folder" if cfg.out is None else cfg.out
             raise ValueError(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tasks.mlflow_runs import PARENT_RUN_ENV
 from tasks.stage_plan import StagePlan, StageUnavailableError
+from wrinklefree_core.stages import base as stage_registry
 from wrinklefree_core.uri import is_gcs
 
 
@@ -62,21 +63,9 @@ def run_local(plan: StagePlan, parent_run_id: str | None) -> StageRun:
 
     quiet_libraries()
     cfg = plan.cfg.model_copy(update={"out": plan.out_uri})
-    summary = ""
     with parent_env(parent_run_id):
-        if plan.stage == "convert":
-            from wrinklefree_core.stages.convert import run_convert
-
-            result = run_convert(cfg)
-        elif plan.stage == "export":
-            from wrinklefree_core.stages.export import run_export
-
-            result, summary = run_export(cfg)
-        else:
-            from wrinklefree_core.stages.train import run_train
-
-            result = run_train(cfg)
-    return StageRun(dict(result.metrics), summary, Path(result.out), result.location)
+        result = stage_registry.get(plan.stage).run(cfg)
+    return StageRun(dict(result.metrics), result.summary, Path(result.out), result.location)
 
 
 def run_skypilot(plan: StagePlan, parent_run_id: str | None, log: Callable[[str], None]) -> StageRun:

@@ -1,10 +1,11 @@
 """What a stage run will do, decided before it runs: its config, cache key and output URI.
 
 Design choices:
-- Stage names: convert, train (training=unified), lrc (lrc_calibration), distill (bitdistill_full),
-  export. The recipe is put before the user's overrides, so `training=...` can replace it, but
-  lrc must keep the lrc objective and distill a KD objective. A recipe this checkout lacks is a
-  StageUnavailableError naming the file, never a silently skipped stage.
+- The stages, their order, commands and recipes come from the registry (wrinklefree_core/stages/):
+  convert, train (training=unified), lrc (lrc_calibration), distill (bitdistill_full), export. The
+  recipe is put before the user's overrides, so `training=...` can replace it, but each stage's
+  check still holds (lrc keeps the lrc objective, distill a KD objective). A recipe this checkout
+  lacks is a StageUnavailableError naming the file, never a silently skipped stage.
 - Outputs are content-addressed: without an explicit `out=`, a stage writes to
   `<out_root>/<stage>/<key[:12]>` (GGUF export: `<that>/<model>.gguf`). A changed config or input
   therefore never overwrites, or resumes from, another run's artifact (the training stage resumes
@@ -22,12 +23,10 @@ from pathlib import Path
 from tasks.digest import artifact_digest, remote_digest, stage_key
 from wrinklefree_core.config import ConfigError, compose, group_options
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.stages import base as stage_registry
 from wrinklefree_core.uri import is_gcs
 
-STAGES = ("convert", "train", "lrc", "distill", "export")
-RECIPES = {"train": "unified", "lrc": "lrc_calibration", "distill": "bitdistill_full"}
-# The config stage (`wrinklefree <command>`) each pipeline stage composes as.
-COMMAND = {"convert": "convert", "train": "train", "lrc": "train", "distill": "train", "export": "export"}
+STAGES = stage_registry.pipeline_names()
 DEFAULT_OUT_ROOT = "outputs/pipeline"
 
 
@@ -70,9 +69,10 @@ def stage_items(stage: str, overrides: list[str] | tuple[str, ...], upstream_uri
     """The override list a pipeline stage composes from: recipe, the user's overrides, the input."""
     if stage not in STAGES:
         raise ConfigError(f"unknown stage '{stage}'; stages: {', '.join(STAGES)}")
+    spec = stage_registry.get(stage)
     items: list[str] = []
-    if stage in RECIPES:
-        recipe = RECIPES[stage]
+    if spec.recipe:
+        recipe = spec.recipe
         chosen = any(o.startswith("training=") for o in overrides)
         if not chosen and recipe not in group_options("training"):
             raise StageUnavailableError(
@@ -82,28 +82,21 @@ def stage_items(stage: str, overrides: list[str] | tuple[str, ...], upstream_uri
         items.append(f"training={recipe}")
     items.extend(overrides)
     if upstream_uri:
-        # convert reads an HF model folder; every later stage reads a checkpoint.
-        items.append(f"model={upstream_uri}" if stage == "convert" else f"checkpoint={upstream_uri}")
+        items.append(f"{spec.reads}={upstream_uri}")
     return items
 
 
 def check_recipe(stage: str, cfg: RunConfig) -> None:
     """Refuse a config whose recipe does not do what the stage is for, or that lacks its input."""
-    objectives = cfg.training.objectives
-    if stage == "lrc" and not objectives.lrc.enabled:
-        raise ConfigError(f"stage 'lrc' needs a recipe with the lrc objective (training=lrc_calibration); training={cfg.training.name} has none")
-    if stage == "distill" and not (objectives.logits_kd.enabled or objectives.attention_kd.enabled):
-        raise ConfigError(
-            f"stage 'distill' needs a recipe with a KD objective (training=bitdistill_full); training={cfg.training.name} has none"
-        )
-    if stage != "convert" and not cfg.checkpoint:
-        raise ConfigError(f"stage '{stage}' needs its input checkpoint: pass upstream_uri (or checkpoint=URI)")
+    problem = stage_registry.get(stage).problem(cfg)
+    if problem:
+        raise ConfigError(problem)
 
 
 def compose_stage(stage: str, overrides: list[str] | tuple[str, ...], upstream_uri: str | None = None) -> RunConfig:
     """The validated RunConfig of a pipeline stage; raises ConfigError / StageUnavailableError with the fix."""
     items = stage_items(stage, overrides, upstream_uri)
-    cfg = compose(COMMAND[stage], items)
+    cfg = compose(stage_registry.get(stage).command, items)
     check_recipe(stage, cfg)
     return cfg
 
@@ -119,18 +112,19 @@ def plan_stage(
     items = stage_items(stage, overrides, upstream_uri)
     cfg = compose_stage(stage, overrides, upstream_uri)
     root = normalize_root(out_root)
-    input_digest = _input_digest(cfg.checkpoint, cfg) if cfg.checkpoint and stage != "convert" else None
+    reads_checkpoint = stage_registry.get(stage).reads == "checkpoint"
+    input_digest = _input_digest(cfg.checkpoint, cfg) if cfg.checkpoint and reads_checkpoint else None
     source_digest = None
     if cfg.model.source == "hf" and cfg.model.path and Path(cfg.model.path).expanduser().exists():
         source_digest = artifact_digest(cfg.model.path)
     key = stage_key(stage, cfg, input_digest, source_digest, root)
-    gguf = stage == "export" and cfg.export.format == "gguf"
+    file_name = stage_registry.get(stage).artifact_file(cfg)
     if cfg.out:
         out_uri = cfg.out
-        folder_uri = _parent(out_uri) if gguf else out_uri
+        folder_uri = _parent(out_uri) if file_name else out_uri
     else:
         folder_uri = _join(root, stage, key[:12])
-        out_uri = _join(folder_uri, f"{cfg.model.name}.gguf") if gguf else folder_uri
+        out_uri = _join(folder_uri, file_name) if file_name else folder_uri
     return StagePlan(stage, items, cfg, key, folder_uri, out_uri)
 
 

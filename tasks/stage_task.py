@@ -35,7 +35,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from tasks import mlflow_runs
 from tasks.stage_exec import StageRun, run_local, run_skypilot
-from tasks.stage_plan import RECIPES, StagePlan, compose_stage, output_present, plan_stage
+from tasks.stage_plan import StagePlan, compose_stage, output_present, plan_stage
+from wrinklefree_core.stages import base as stage_registry
 from wrinklefree_core.uri import is_gcs
 from wrinklefree_core.paths import cache_dir
 from wrinklefree_core.tracking.params import changed_tags, stage_params
@@ -79,7 +80,7 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
         tags = {"stage": plan.stage, "model": cfg.model.name, "out": plan.out_uri, **source_tags(f"wrinklefree {plan.stage}")}
         # Opened after the work, but dated from its start: the UI's duration is the stage's.
         run_id, exp_id = mlflow_runs.start_run(
-            tracking, cfg.tracking.experiment, run_name(plan.stage, cfg.model.name), tags, parent_run_id, started_ms
+            tracking, cfg.tracking.experiment, run_name(plan.stage, cfg.model.name, stage_registry.number(plan.stage)), tags, parent_run_id, started_ms
         )
         mlflow_runs.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), plan.stage))
         mlflow_runs.log_metrics(client, run_id, run.metrics)
@@ -98,7 +99,7 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
     mlflow_runs.set_tags(client, run_id, tags)
     if own and run.local_out is not None:
         _log_records(client, run_id, run.local_out)
-    if plan.stage in RECIPES:
+    if stage_registry.get(plan.stage).command == "train":  # a training stage: its loss curve
         _log_loss_curve(client, run_id)
     if own:
         client.set_terminated(run_id, "FINISHED")

@@ -306,7 +306,8 @@ def test_export_stage_writes_and_reports_both_files(lrc_checkpoint, tmp_path):
 
     ckpt = lrc_checkpoint("tiny_llama", "bitdistill", 0.25, "random")
     out = tmp_path / "gguf" / "tiny.gguf"
-    result, summary = run_export(compose("export", [f"checkpoint={ckpt}", f"out={out}"]))
+    result = run_export(compose("export", [f"checkpoint={ckpt}", f"out={out}"]))
+    summary = result.summary
     assert result.out == out
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == [REPORT_NAME, LLAMA_LOG_NAME, "stage.json", "tiny.gguf", "tiny.lora.gguf", VERIFICATION_NAME]

@@ -23,7 +23,8 @@ from flows.params import PipelineParams, SmokePipelineParams, smoke_params
 from flows.sections import config_value, context_config, context_items, render
 from flows.stage_flows import convert_flow, export_flow, lrc_flow, train_flow
 from flows.stage_params import STAGE_PARAMS, CommonParams, EvalParams, TrainParams
-from tasks.stage_plan import RECIPES, STAGES, compose_stage
+from tasks.stage_plan import STAGES, compose_stage
+from wrinklefree_core.stages.base import pipeline
 from wrinklefree_core.config import compose
 
 # One invalid field of each kind a form can hold, as the nested dict a form submits.
@@ -37,7 +38,7 @@ INVALID = {
 def test_form_defaults_are_what_an_untouched_pipeline_runs():
     for stage, form in STAGE_PARAMS.items():
         assert form().items(context_config(stage)) == [], stage
-    for stage, recipe in RECIPES.items():
+    for stage, recipe in ((s.name, s.recipe) for s in pipeline() if s.recipe):
         composed = compose("train", [f"training={recipe}", *context_items(stage)])
         assert STAGE_PARAMS[stage]().training == composed.training, stage
         assert STAGE_PARAMS[stage]().data == composed.data, stage

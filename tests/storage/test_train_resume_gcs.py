@@ -34,7 +34,7 @@ from wrinklefree_core.storage.artifacts import resolve_input
 from wrinklefree_core.storage.checkpoints import RemoteCheckpoints
 from wrinklefree_core.storage.manifest import MARKER_NAME
 from wrinklefree_core.training.run_state import RunState
-from wrinklefree_core.training.runner import run_train
+from wrinklefree_core.stages.train import run_train
 
 STEPS = 40
 EVERY = 4

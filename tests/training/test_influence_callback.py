@@ -23,7 +23,7 @@ from wrinklefree_core.training.callbacks import InfluenceRemixing
 from wrinklefree_core.config import compose
 from wrinklefree_core.artifacts.manifest import read_manifest
 from wrinklefree_core.training.run_state import RUN_META, TRAINER_STATE, RunState
-from wrinklefree_core.training.runner import run_train
+from wrinklefree_core.stages.train import run_train
 
 STEPS = 16
 EVERY = 4

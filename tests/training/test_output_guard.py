@@ -10,7 +10,7 @@ import pytest
 from tests.training.common import unified_run
 from wrinklefree_core import cli
 from wrinklefree_core.config import compose
-from wrinklefree_core.training.runner import run_train
+from wrinklefree_core.stages.train import run_train
 
 
 def train_args(converted_dir: Path, out: Path, *extra: str) -> list[str]:

@@ -25,7 +25,7 @@ from wrinklefree_core import cli
 from wrinklefree_core.config import compose
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.training.run_state import MODEL_DIR, RUN_META, TRAINER_STATE, RunState
-from wrinklefree_core.training.runner import run_train
+from wrinklefree_core.stages.train import run_train
 
 STEPS = 40
 EVERY = 4

@@ -19,7 +19,7 @@ from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
 from wrinklefree_core.artifacts.manifest import read_manifest
 from wrinklefree_core.training.evaluate import load_for_eval
-from wrinklefree_core.training.runner import run_train
+from wrinklefree_core.stages.train import run_train
 
 STEPS = 30
 RECIPES = {

@@ -15,18 +15,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.models.bitlinear import BitLinear
-from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
-from wrinklefree_core.models.conversion import convert_for_run
-from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
-from wrinklefree_core.quant.reference import ternarize_weight
 from wrinklefree_core.artifacts.io import OutputTarget, as_uris, local_inputs, plan_output
-from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
-from wrinklefree_core.artifacts.output_guard import check_output
+from wrinklefree_core.artifacts.result import StageResult
+from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.stages.base import Section, Stage, number, register
 from wrinklefree_core.storage.locks import output_lock
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
@@ -37,8 +30,11 @@ def default_out(cfg: RunConfig) -> Path:
     return Path("outputs") / f"{cfg.model.name}-bitnet"
 
 
-def conversion_metrics(model: torch.nn.Module) -> dict[str, float]:
+def conversion_metrics(model) -> dict[str, float]:
     """Parameter split and ternary statistics of a converted model."""
+    from wrinklefree_core.models.bitlinear import BitLinear
+    from wrinklefree_core.quant.reference import ternarize_weight
+
     bit_params, zeros, n_bit = 0, 0, 0
     seen: set[int] = set()
     for module in model.modules():
@@ -65,6 +61,13 @@ def run_convert(cfg: RunConfig) -> StageResult:
 
 
 def _convert(cfg: RunConfig, target: OutputTarget) -> StageResult:
+    import torch
+
+    from wrinklefree_core.artifacts.output_guard import check_output
+    from wrinklefree_core.models.checkpoint import is_bitnet_checkpoint, save_bitnet_checkpoint
+    from wrinklefree_core.models.conversion import convert_for_run
+    from wrinklefree_core.models.sources import ModelSourceError, load_hf_model, materialize
+
     out = target.local
     if target.remote is None or target.mounted:
         check_output("convert", cfg, out, {"source model": cfg.model.path if cfg.model.source == "hf" else None})
@@ -89,7 +92,36 @@ def _convert(cfg: RunConfig, target: OutputTarget) -> StageResult:
     manifest = build_manifest("convert", cfg.model_dump(mode="json"), inputs, metrics)
     save_bitnet_checkpoint(model, out, cfg.bitnet, tokenizer=tokenizer, extra_files={MANIFEST_NAME: manifest_json(manifest)})
     result = StageResult(out=out, metrics=metrics, uri=target.publish(cfg.gcs))
+    result.summary = _summary(result)
     sources = ", ".join(src.path for src in cfg.data.sources)
     datasets = {f"{cfg.data.config_name}-{use}": (sources, rows) for use, rows in calibration_batches.items()}
-    record_stage_run(cfg, "convert", target.uri, out, metrics, started_ms, {"calibration": datasets})
+    record_stage_run(cfg, "convert", number("convert"), target.uri, out, metrics, started_ms, {"calibration": datasets})
     return result
+
+
+def _summary(result: StageResult) -> str:
+    m = result.metrics
+    return (
+        f"wrote BitNet checkpoint: {result.location}\n"
+        f"  {int(m['bitlinear_modules'])} BitLinear modules, {int(m['ternary_params']):,} ternary + "
+        f"{int(m['full_precision_params']):,} full-precision params, "
+        f"{m['ternary_zero_fraction']:.1%} ternary zeros, {m['convert_seconds']:.1f} s"
+    )
+
+
+STAGE = register(
+    Stage(
+        name="convert",
+        summary="HF model -> BitNet checkpoint (BitLinear + SubLN)",
+        command="convert",
+        run=run_convert,
+        position=10,
+        reads="model",
+        sections=(
+            Section("bitnet", "How the model is converted: SubLN placement, target modules, skipped layers."),
+            Section("compute", "Where the stage runs (backend, device, precision, SkyPilot resources)."),
+        ),
+        usage="HF model -> BitNet checkpoint folder (out=DIR)",
+        announce=lambda cfg: f"converting model={cfg.model.name} (source={cfg.model.source}, subln={cfg.bitnet.subln}) ...",
+    )
+)

@@ -22,13 +22,12 @@ from wrinklefree_core.tracking.model_registry import ModelUploadError, publish_m
 from wrinklefree_core.tracking.params import stage_params
 from wrinklefree_core.tracking.source import short_commit, source_tags
 
-PIPELINE_ORDER = ("convert", "train", "lrc", "distill", "export")
 RECORD_FILES = ("stage.json", "verification.json")
 
 
-def run_name(stage: str, model_name: str) -> str:
-    """`<n>-<stage>-<model>-<commit>`: the pipeline position first, so a run list sorted by name reads in order."""
-    index = PIPELINE_ORDER.index(stage) + 1 if stage in PIPELINE_ORDER else 0
+def run_name(stage: str, model_name: str, number: int) -> str:
+    """`<n>-<stage>-<model>-<commit>`: the stage's number in the pipeline first (0: none), so a run list sorted by name reads in order."""
+    index = number
     commit = short_commit()
     return "-".join(part for part in (f"{index}" if index else "", stage, model_name, commit) if part)
 
@@ -41,6 +40,7 @@ def now_ms() -> int:
 def record_stage_run(
     cfg,
     stage: str,
+    number: int,
     out_uri: str,
     folder: Path,
     metrics: dict[str, float],
@@ -60,7 +60,7 @@ def record_stage_run(
     client = store.client(tracking.mlflow_uri)
     tags = {"stage": stage, "model": model_name, "out": out_uri, **source_tags(f"wrinklefree {stage}")}
     parent = os.environ.get(store.PARENT_RUN_ENV) or None
-    run_id, exp_id = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, model_name), tags, parent, started_ms)
+    run_id, exp_id = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, model_name, number), tags, parent, started_ms)
     status = "FAILED"
     try:
         store.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), stage))

@@ -82,6 +82,16 @@ def overall(sources: Mapping[str, Mapping[str, float]]) -> tuple[float, float]:
     return loss, math.exp(min(loss, 700.0))  # finite: it is logged as a metric
 
 
+def val_metrics(sources: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """`val/<source>/{loss,ppl}` and the token-weighted `val/loss`, `val/ppl` of an evaluate_perplexity result."""
+    metrics: dict[str, float] = {}
+    for name, r in sources.items():
+        metrics[f"val/{name}/loss"] = r["loss"]
+        metrics[f"val/{name}/ppl"] = r["perplexity"]
+    metrics["val/loss"], metrics["val/ppl"] = overall(sources)
+    return metrics
+
+
 def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 

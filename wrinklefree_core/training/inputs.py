@@ -162,3 +162,63 @@ def trainable_count(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, tied tensors counted once."""
     unique = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+def _teacher(cfg: RunConfig, inputs: dict[str, str], resume: dict[str, Any] | None) -> tuple[str, Path]:
+    """(the teacher as stage.json names it, its local folder); a gs:// teacher is downloaded.
+
+    The teacher is `teacher=`, else the chain's source model; a resumed run reuses the one its
+    run.json records.
+    """
+    from wrinklefree_core.artifacts.io import local_path
+    from wrinklefree_core.uri import is_remote
+
+    if resume is not None:
+        named = inputs["teacher"]
+    elif cfg.teacher:
+        named = cfg.teacher
+    else:
+        named = inputs.get("source_model") or ""
+    if not is_remote(named):
+        path = Path(named) if resume is not None else teacher_path(cfg, inputs)
+        return str(path), path
+    return named, Path(local_path(named, cfg.gcs))
+
+
+def _use_sdpa(model: nn.Module) -> None:
+    # Eager attention (the loaders' default) keeps CPU numbers reproducible; on GPU, SDPA is much faster.
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is not None:
+        setter("sdpa")
+
+
+def build_models(cfg: RunConfig, resume_from: Path | None, resume: dict[str, Any] | None, settings: dict[str, Any]):
+    """(student with its trainable parameters set, ObjectiveManager, frozen teacher or None).
+
+    `resume_from` is the checkpoint's model folder of a resumed run. `student.inputs` name gs://
+    inputs by their URIs, local ones by their paths.
+    """
+    from wrinklefree_core.artifacts.io import as_uris, local_inputs
+    from wrinklefree_core.objectives import ObjectiveManager
+
+    local_cfg, origins = local_inputs(cfg)
+    if resume is not None and resume_from is not None:
+        student = load_checkpoint_student(resume_from)
+        student.inputs = dict(resume["inputs"])
+    else:
+        student = load_student(local_cfg)
+        student.inputs = as_uris(student.inputs, origins)
+    try:
+        objectives = ObjectiveManager.from_config(cfg.training, mask_token_id=student.tokenizer.mask_token_id)
+    except ValueError as exc:  # e.g. DLM without a mask token: a config the user has to change
+        raise ConfigError(f"training={cfg.training.name}: {exc}") from None
+    teacher = None
+    if objectives.needs_teacher:
+        student.inputs["teacher"], path = _teacher(cfg, student.inputs, resume)
+        teacher = load_teacher(path, torch.bfloat16 if settings["precision"] == "bf16-mixed" else torch.float32)
+    student = prepare_trainable(student, cfg.training, cfg.seed, teacher)
+    if settings["accelerator"] == "gpu":
+        for model in (student.model, teacher):
+            if model is not None:
+                _use_sdpa(model)
+    return student, objectives, teacher

@@ -243,6 +243,12 @@ class BitNetTrainModule(LightningModule):
             inputs.dlm_mask, inputs.dlm_t, inputs.dlm_maskable = mask.to(ids.device), t.to(ids.device), maskable.to(ids.device)
         return self.objectives.compute(inputs, step, self.max_steps)
 
+    def last_step_metrics(self) -> dict[str, float]:
+        """Loss and its parts at the last step this process ran (empty before the first step)."""
+        if self.last_loss is None:
+            return {}
+        return {"loss": float(self.last_loss), **{name: float(v) for name, v in self.last_parts.items()}}
+
     def on_before_optimizer_step(self, optimizer) -> None:
         # Gradients are final here (accumulated, all-reduced); the NaN guard callback already ran.
         self._clip_stats = self.zclip.step(self.student)

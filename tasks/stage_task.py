@@ -80,9 +80,9 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
         tags = {"stage": plan.stage, "model": cfg.model.name, "out": plan.out_uri, **source_tags(f"wrinklefree {plan.stage}")}
         # Opened after the work, but dated from its start: the UI's duration is the stage's.
         run_id, exp_id = mlflow_runs.start_run(
-            tracking, cfg.tracking.experiment, run_name(plan.stage, cfg.model.name, stage_registry.number(plan.stage)), tags, parent_run_id, started_ms
+            tracking, cfg.tracking.experiment, run_name(stage_registry.get(plan.stage).tracked, cfg.model.name), tags, parent_run_id, started_ms
         )
-        mlflow_runs.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), plan.stage))
+        mlflow_runs.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), stage_registry.get(plan.stage).tracked))
         mlflow_runs.log_metrics(client, run_id, run.metrics)
     tags = {
         "pipeline_stage": plan.stage,
@@ -95,7 +95,7 @@ def _record(plan: StagePlan, run: StageRun, parent_run_id: str | None, started_m
     if plan.stage == "export" and plan.out_uri.endswith(".gguf"):
         tags["gguf_uri"] = plan.out_uri
     defaults = compose_stage(plan.stage, [], upstream_uri).model_dump(mode="json")
-    tags.update(changed_tags(cfg.model_dump(mode="json"), defaults, plan.stage))
+    tags.update(changed_tags(cfg.model_dump(mode="json"), defaults, stage_registry.get(plan.stage).tracked))
     mlflow_runs.set_tags(client, run_id, tags)
     if own and run.local_out is not None:
         _log_records(client, run_id, run.local_out)

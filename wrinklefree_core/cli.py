@@ -48,9 +48,12 @@ def _cmd_options(args: argparse.Namespace) -> int:
 
 def run_command(stage: Stage, args: argparse.Namespace) -> int:
     """Compose the stage's config from the overrides, run it, print its report (or `--json`)."""
-    from wrinklefree_core.config import compose
+    from wrinklefree_core.config import ConfigError, compose
 
     cfg = compose(stage.command, args.overrides)
+    problem = stage.check(cfg)
+    if problem:
+        raise ConfigError(problem)
     if stage.announce is not None:
         print(stage.announce(cfg), flush=True)
     result = stage.run(cfg)

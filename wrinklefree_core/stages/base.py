@@ -29,6 +29,7 @@ from typing import Any, Literal
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.tracking.params import Tracked
 
 
 def _accept(cfg: RunConfig) -> str | None:
@@ -70,6 +71,7 @@ class Stage:
     recipe: str | None = None  # the `training=` option put before the user's overrides
     check: Callable[[RunConfig], str | None] = _accept  # what is wrong with a composed config, or None
     sections: tuple[Section, ...] = ()  # the config sections its Prefect form shows
+    logs: tuple[str, ...] = ()  # the config sections (or dotted fields) its code reads: its MLflow params
     usage: str = ""  # the CLI's help line (command stages)
     announce: Callable[[RunConfig], str] | None = None  # the line the CLI prints before running
     report: Callable[[StageResult], str] = field(default=_default_report)  # what the CLI prints after
@@ -79,6 +81,11 @@ class Stage:
     def is_command(self) -> bool:
         """True when the CLI has a command of this stage's name."""
         return self.command == self.name
+
+    @property
+    def tracked(self) -> Tracked:
+        """What MLflow records of this stage (run name number, params)."""
+        return Tracked(self.name, number(self.name), self.logs)
 
     def problem(self, cfg: RunConfig) -> str | None:
         """What stops `cfg` from being a run of this stage (its recipe's check, then its input), or None."""

@@ -19,8 +19,9 @@ from wrinklefree_core.artifacts.io import OutputTarget, as_uris, local_inputs, p
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.base import Section, Stage, number, register
+from wrinklefree_core.stages.base import Section, Stage, register
 from wrinklefree_core.storage.locks import output_lock
+from wrinklefree_core.tracking.params import RUN_FIELDS
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
 
@@ -95,7 +96,7 @@ def _convert(cfg: RunConfig, target: OutputTarget) -> StageResult:
     result.summary = _summary(result)
     sources = ", ".join(src.path for src in cfg.data.sources)
     datasets = {f"{cfg.data.config_name}-{use}": (sources, rows) for use, rows in calibration_batches.items()}
-    record_stage_run(cfg, "convert", number("convert"), target.uri, out, metrics, started_ms, {"calibration": datasets})
+    record_stage_run(cfg, STAGE.tracked, target.uri, out, metrics, started_ms, {"calibration": datasets})
     return result
 
 
@@ -117,6 +118,7 @@ STAGE = register(
         run=run_convert,
         position=10,
         reads="model",
+        logs=("model", "bitnet", "data", "training.seq_len", "compute", "gcs", *RUN_FIELDS),
         sections=(
             Section("bitnet", "How the model is converted: SubLN placement, target modules, skipped layers."),
             Section("compute", "Where the stage runs (backend, device, precision, SkyPilot resources)."),

@@ -68,6 +68,7 @@ STAGE = register(
         command="eval",
         run=run_eval_command,
         writes=False,
+        logs=("model", "eval", "data", "compute", "gcs", "checkpoint", "seed"),
         sections=(Section("data", "The sources scored."), Section("eval", "Split, baselines and how every GGUF is timed.")),
         usage=(
             "perplexity per data source of checkpoint=DIR (a BitNet checkpoint or an HF folder): a local\n"

@@ -17,9 +17,10 @@ from wrinklefree_core.artifacts.io import OutputTarget, local_path, plan_output
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json, source_model_name
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.base import Section, Stage, number, register
+from wrinklefree_core.stages.base import Section, Stage, register
 from wrinklefree_core.storage.atomic import atomic_write_text, remove_dead_leftovers
 from wrinklefree_core.storage.locks import output_lock
+from wrinklefree_core.tracking.params import RUN_FIELDS
 from wrinklefree_core.tracking.stage_run import now_ms, record_stage_run
 from wrinklefree_core.tracking.store import check_store
 
@@ -77,7 +78,7 @@ def _export(cfg: RunConfig, target: OutputTarget) -> StageResult:
         summary += f"\npublished to {uri}"
     result = StageResult(out=out, metrics=metrics, uri=uri, summary=summary)
     model_name = source_model_name(checkpoint, cfg.model.name)
-    record_stage_run(cfg, "export", number("export"), target.uri, manifest_folder, metrics, started_ms, model_name=model_name)
+    record_stage_run(cfg, STAGE.tracked, target.uri, manifest_folder, metrics, started_ms, model_name=model_name)
     return result
 
 
@@ -125,6 +126,7 @@ STAGE = register(
         command="export",
         run=run_export,
         position=50,
+        logs=("model.name", "export", "compute", "gcs", *RUN_FIELDS),
         artifact_file=lambda cfg: f"{cfg.model.name}.gguf" if cfg.export.format == "gguf" else None,
         sections=(
             Section("export", "Export format, GGUF types and the llama.cpp verification."),

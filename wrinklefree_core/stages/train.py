@@ -42,8 +42,9 @@ from wrinklefree_core.artifacts.io import OutputTarget, plan_output
 from wrinklefree_core.artifacts.manifest import MANIFEST_NAME, build_manifest, manifest_json
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.config.run import RunConfig
-from wrinklefree_core.stages.base import Section, Stage, number, register
+from wrinklefree_core.stages.base import Section, Stage, get, register
 from wrinklefree_core.storage.locks import output_lock
+from wrinklefree_core.tracking.params import RUN_FIELDS
 
 COMPUTE = Section("compute", "Where the stage runs (backend, device, precision, SkyPilot resources).")
 
@@ -83,7 +84,7 @@ def _train(cfg: RunConfig, target: OutputTarget) -> StageResult:
     datamodule, module, batch_size = steps.build_data(cfg, student, objectives, teacher, settings, resume)
     stage = stage_name(cfg)
     trainable, total = trainable_count(student.model)
-    logger = steps.build_logger(cfg, stage, number(stage), target.uri, resume)
+    logger = steps.build_logger(cfg, get(stage).tracked, target.uri, resume)
     fit = steps.Fit(
         datamodule, module, logger, None, Throughput(cfg.training.seq_len), batch_size, stage,
         redact(cfg.model_dump(mode="json")), trainable, total,
@@ -138,7 +139,7 @@ def _log_start(cfg: RunConfig, fit, resume: dict[str, Any] | None) -> None:
     if resume is not None and fit.logger.run_id == resume.get("mlflow_run_id"):
         return
     # `stage` is the design's name (lrc, distill), not the command (train) that RunConfig.stage holds.
-    log_config(fit.logger, fit.config, fit.stage, {"resolved.batch_size": fit.batch_size, "resolved.trainable_params": fit.trainable})
+    log_config(fit.logger, fit.config, get(fit.stage).tracked, {"resolved.batch_size": fit.batch_size, "resolved.trainable_params": fit.trainable})
     if rank_zero_only.rank == 0:
         dm = fit.datamodule
         log_data(fit.logger, cfg.data, {n: dm.mixture.rows(n) for n in dm.source_names}, dm.val_sets)
@@ -205,7 +206,8 @@ def training_stage(name: str, summary: str, position: int, recipe: str, sections
     """A pipeline stage that runs `wrinklefree train` with `recipe` (train, lrc, distill)."""
     return Stage(
         name=name, summary=summary, command="train", run=run_train, position=position, recipe=recipe,
-        sections=(*sections, COMPUTE), announce=announce, report=report, **kw,
+        sections=(*sections, COMPUTE), logs=("model", "training", "data", "compute", "gcs", "teacher", *RUN_FIELDS),
+        announce=announce, report=report, **kw,
     )  # fmt: skip
 
 

@@ -19,17 +19,16 @@ from typing import Any
 
 from wrinklefree_core.tracking import store
 from wrinklefree_core.tracking.model_registry import ModelUploadError, publish_model
-from wrinklefree_core.tracking.params import stage_params
+from wrinklefree_core.tracking.params import Tracked, stage_params
 from wrinklefree_core.tracking.source import short_commit, source_tags
 
 RECORD_FILES = ("stage.json", "verification.json")
 
 
-def run_name(stage: str, model_name: str, number: int) -> str:
-    """`<n>-<stage>-<model>-<commit>`: the stage's number in the pipeline first (0: none), so a run list sorted by name reads in order."""
-    index = number
+def run_name(stage: Tracked, model_name: str) -> str:
+    """`<n>-<stage>-<model>-<commit>`: the stage's number in the pipeline first (if any), so a run list sorted by name reads in order."""
     commit = short_commit()
-    return "-".join(part for part in (f"{index}" if index else "", stage, model_name, commit) if part)
+    return "-".join(part for part in (f"{stage.number}" if stage.number else "", stage.name, model_name, commit) if part)
 
 
 def now_ms() -> int:
@@ -39,8 +38,7 @@ def now_ms() -> int:
 
 def record_stage_run(
     cfg,
-    stage: str,
-    number: int,
+    stage: Tracked,
     out_uri: str,
     folder: Path,
     metrics: dict[str, float],
@@ -58,9 +56,9 @@ def record_stage_run(
     tracking = cfg.tracking
     model_name = model_name or cfg.model.name
     client = store.client(tracking.mlflow_uri)
-    tags = {"stage": stage, "model": model_name, "out": out_uri, **source_tags(f"wrinklefree {stage}")}
+    tags = {"stage": stage.name, "model": model_name, "out": out_uri, **source_tags(f"wrinklefree {stage.name}")}
     parent = os.environ.get(store.PARENT_RUN_ENV) or None
-    run_id, exp_id = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, model_name, number), tags, parent, started_ms)
+    run_id, exp_id = store.start_run(tracking.mlflow_uri, tracking.experiment, run_name(stage, model_name), tags, parent, started_ms)
     status = "FAILED"
     try:
         store.log_params(client, run_id, stage_params(cfg.model_dump(mode="json"), stage))
@@ -70,7 +68,7 @@ def record_stage_run(
         for name in RECORD_FILES:
             if (folder / name).is_file():
                 client.log_artifact(run_id, str(folder / name))
-        gguf = Path(out_uri) if stage == "export" and out_uri.endswith(".gguf") else None
+        gguf = Path(out_uri) if out_uri.endswith(".gguf") else None  # an exported GGUF is uploaded and registered
         if gguf is not None:
             gguf = folder / gguf.name  # the local copy (a gs:// output was published from it)
             try:

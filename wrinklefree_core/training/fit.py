@@ -80,8 +80,8 @@ def build_data(cfg: RunConfig, student, objectives, teacher, settings: dict[str,
     return datamodule, module, batch_size
 
 
-def build_logger(cfg: RunConfig, stage: str, number: int, out_uri: str, resume: dict[str, Any] | None):
-    """The stage's MLFlowLogger (run name from the stage's pipeline `number`); a resumed run continues its MLflow run when this store has it."""
+def build_logger(cfg: RunConfig, stage, out_uri: str, resume: dict[str, Any] | None):
+    """The MLFlowLogger of `stage` (tracking.params.Tracked); a resumed run continues its MLflow run when this store has it."""
     from wrinklefree_core.artifacts.io import local_path
     from wrinklefree_core.artifacts.manifest import source_model_name
     from wrinklefree_core.tracking.stage_run import run_name
@@ -91,8 +91,8 @@ def build_logger(cfg: RunConfig, stage: str, number: int, out_uri: str, resume: 
     run_id = known_run(cfg, resume.get("mlflow_run_id")) if resume is not None else None
     # A checkpoint names the model it descends from; `model.name` is the config's default when only checkpoint= is given.
     model_name = source_model_name(local_path(cfg.checkpoint, cfg.gcs), cfg.model.name) if cfg.checkpoint else cfg.model.name
-    tags = {"stage": stage, "recipe": cfg.training.name, "model": model_name, "out": out_uri}
-    return tracking.build_logger(cfg, run_name=run_name(stage, model_name, number), tags=tags, run_id=run_id)
+    tags = {"stage": stage.name, "recipe": cfg.training.name, "model": model_name, "out": out_uri}
+    return tracking.build_logger(cfg, run_name=run_name(stage, model_name), tags=tags, run_id=run_id)
 
 
 def build_trainer(cfg: RunConfig, fit: Fit, state: RunState, student, settings: dict[str, Any], resume: dict[str, Any] | None) -> None:

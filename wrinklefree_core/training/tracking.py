@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from wrinklefree_core.paths import mlflow_artifact_location, mlflow_store_uri
 from wrinklefree_core.tracking import store
-from wrinklefree_core.tracking.params import stage_params
+from wrinklefree_core.tracking.params import Tracked, stage_params
 from wrinklefree_core.tracking.source import source_tags
 
 tracking_uri = mlflow_store_uri
@@ -57,7 +57,7 @@ def build_logger(cfg, run_name: str, tags: dict[str, str], run_id: str | None = 
     )
 
 
-def log_config(logger: MLFlowLogger, config: dict[str, Any], stage: str, extra: dict[str, Any] | None = None) -> None:
+def log_config(logger: MLFlowLogger, config: dict[str, Any], stage: Tracked, extra: dict[str, Any] | None = None) -> None:
     """Log the sections of the resolved config that `stage` reads (plus `extra` values) as the run's params."""
     params = stage_params(config, stage)
     params.update({k: str(v) for k, v in (extra or {}).items()})

@@ -1,5 +1,8 @@
 """Training objectives: one file per loss term, plus the manager that weights and combines them.
 
+Each loss file registers an `Objective` (base.py: name, what a step runs for it, the inputs its
+loss reads, the loss, its stage tag); the manager, the stage naming and the recipe checks read it.
+
 - ce.py: next-token cross entropy.
 - dlm.py: masked-diffusion denoising (LLaDA / MDLM) and its masking process.
 - logits_kd.py: KL(teacher || student) on temperature-softened logits.

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wrinklefree_core.objectives.base import LossInputs, Objective, register
+
 QKV_NAMES = ("q", "k", "v")
 
 
@@ -129,3 +131,18 @@ def attention_relation_loss(
         raise ValueError(f"Q/K/V states {missing} were not captured: run both forwards inside capture_qkv")
     parts = [relation_kl(student_qkv[n], teacher_qkv[n], relation_heads, valid) for n in QKV_NAMES]
     return torch.stack(parts).mean()
+
+def _objective_loss(inputs: LossInputs, valid: torch.Tensor | None, settings) -> torch.Tensor:
+    return attention_relation_loss(inputs.qkv, inputs.teacher_qkv, settings.kd.relation_heads, valid)
+
+
+OBJECTIVE = register(
+    Objective(
+        name="attention_kd",
+        summary="BitDistill attention-relation KD on one layer's Q/K/V",
+        loss=_objective_loss,
+        reads=("qkv", "teacher_qkv"),
+        needs=frozenset({"teacher", "qkv"}),
+        stage="distill",
+    )
+)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wrinklefree_core.objectives.base import LossInputs, Objective, register
+
 IGNORE_INDEX = -100
 
 
@@ -38,3 +40,12 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index:
     )
     count = (targets != ignore_index).sum()
     return per_token.sum() / count.clamp(min=1)
+
+def _objective_loss(inputs: LossInputs, valid: torch.Tensor | None, settings) -> torch.Tensor:
+    labels = inputs.labels if inputs.labels is not None else inputs.input_ids
+    if valid is not None:
+        labels = labels.masked_fill(~valid, IGNORE_INDEX)
+    return cross_entropy_loss(inputs.logits, labels)
+
+
+OBJECTIVE = register(Objective(name="ce", summary="next-token cross entropy", loss=_objective_loss, reads=("logits",)))

@@ -38,6 +38,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wrinklefree_core.objectives.base import LossInputs, Objective, register
+
 DEFAULT_EPS = 1e-3
 IGNORE_INDEX = -100
 
@@ -117,3 +119,19 @@ def dlm_loss(
     per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     weight = mask.float() / t.float()[:, None]
     return (per_token * weight.reshape(-1)).sum() / count.clamp(min=1)
+
+def _objective_loss(inputs: LossInputs, valid: torch.Tensor | None, settings) -> torch.Tensor:
+    return dlm_loss(
+        inputs.dlm_logits, inputs.input_ids, inputs.dlm_mask, inputs.dlm_t, maskable=inputs.dlm_maskable, shift=settings.dlm.shift_labels
+    )
+
+
+OBJECTIVE = register(
+    Objective(
+        name="dlm",
+        summary="masked-diffusion denoising on a second, masked student forward",
+        loss=_objective_loss,
+        reads=("dlm_logits", "dlm_mask", "dlm_t"),
+        needs=frozenset({"dlm_forward"}),
+    )
+)

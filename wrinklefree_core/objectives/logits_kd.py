@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from wrinklefree_core.objectives.base import LossInputs, Objective, register
+
 
 def logits_kd_loss(
     student_logits: torch.Tensor,
@@ -47,3 +49,18 @@ def logits_kd_loss(
         return per_position.mean() * temperature**2
     valid = valid.bool()
     return (per_position * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+
+def _objective_loss(inputs: LossInputs, valid: torch.Tensor | None, settings) -> torch.Tensor:
+    return logits_kd_loss(inputs.logits, inputs.teacher_logits, settings.kd.temperature, valid)
+
+
+OBJECTIVE = register(
+    Objective(
+        name="logits_kd",
+        summary="KL to the teacher's temperature-softened logits",
+        loss=_objective_loss,
+        reads=("logits", "teacher_logits"),
+        needs=frozenset({"teacher"}),
+        stage="distill",
+    )
+)

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
+from wrinklefree_core.objectives.base import LossInputs, Objective, register
+
 
 def hidden_layer_indices(num_layers: int, layers: Sequence[int] | None = None) -> list[int]:
     """Positions in an output_hidden_states tuple for decoder layers `layers` (None = all; negative from the end)."""
@@ -60,3 +62,18 @@ def hidden_state_mse(
             v = valid.bool()
             losses.append((diff2 * v[..., None]).sum() / (v.sum() * diff2.shape[-1]).clamp(min=1))
     return torch.stack(losses).mean()
+
+def _objective_loss(inputs: LossInputs, valid: torch.Tensor | None, settings) -> torch.Tensor:
+    return hidden_state_mse(inputs.hidden_states, inputs.teacher_hidden_states, settings.lrc.layers, valid)
+
+
+OBJECTIVE = register(
+    Objective(
+        name="lrc",
+        summary="hidden-state MSE to the teacher, for low-rank correction calibration",
+        loss=_objective_loss,
+        reads=("hidden_states", "teacher_hidden_states"),
+        needs=frozenset({"teacher", "hidden_states"}),
+        stage="lrc",
+    )
+)

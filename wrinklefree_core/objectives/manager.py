@@ -10,10 +10,11 @@ Design choices:
 - The manager owns no model and runs no forward: it stays a pure function of tensors, so each loss
   is testable on hand-made numbers and the LightningModule decides how forwards are batched,
   compiled or checkpointed.
-- Requirements per objective: ce -> student logits on the clean ids; dlm -> one extra student
-  forward on the masked ids (`dlm_inputs` builds them); logits_kd -> teacher logits; attention_kd ->
-  teacher and student Q/K/V at `kd.attention_layer` (capture_qkv); lrc -> teacher and student
-  hidden states (output_hidden_states=True).
+- Each objective describes itself (objectives/base.py, one registration per loss file): what a
+  step must run for it, which inputs its loss reads, the loss, its stage tag. Here: ce -> student
+  logits on the clean ids; dlm -> one extra student forward on the masked ids (`dlm_inputs` builds
+  them); logits_kd -> teacher logits; attention_kd -> teacher and student Q/K/V at
+  `kd.attention_layer` (capture_qkv); lrc -> teacher and student hidden states.
 - A term whose weight is 0 at this step is not computed at all (and `needs_at` says so), so the
   early CE-only phase of a curriculum does not pay for the DLM forward.
 - Parts are reported unweighted and weighted, as detached tensors: logging them needs no host sync
@@ -22,63 +23,17 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from wrinklefree_core.config.training import DLMConfig, KDConfig, LRCConfig, ObjectivesConfig, TrainingConfig
-from wrinklefree_core.objectives.attention_kd import attention_relation_loss
-from wrinklefree_core.objectives.ce import cross_entropy_loss
+from wrinklefree_core.objectives.base import LossInputs, Requirements, get, registry
 from wrinklefree_core.objectives.curriculum import Curriculum
-from wrinklefree_core.objectives.dlm import dlm_loss, mask_tokens, maskable_positions
-from wrinklefree_core.objectives.logits_kd import logits_kd_loss
-from wrinklefree_core.objectives.lrc_loss import hidden_state_mse
+from wrinklefree_core.objectives.dlm import mask_tokens, maskable_positions
 
-OBJECTIVES = tuple(ObjectivesConfig.model_fields)
-_TEACHER = {"logits_kd", "attention_kd", "lrc"}
-_HIDDEN = {"lrc"}
-_QKV = {"attention_kd"}
-_DLM = {"dlm"}
-
-
-@dataclass(frozen=True)
-class Requirements:
-    """Which forwards and captures a step needs."""
-
-    teacher: bool
-    hidden_states: bool
-    qkv: bool
-    dlm_forward: bool
-
-    @classmethod
-    def of(cls, names: Sequence[str]) -> "Requirements":
-        names = set(names)
-        return cls(bool(names & _TEACHER), bool(names & _HIDDEN), bool(names & _QKV), bool(names & _DLM))
-
-
-@dataclass
-class LossInputs:
-    """Everything one step computed; fields no active objective needs may stay None.
-
-    Shapes: ids/labels/attention_mask (B, L); logits (B, L, V); hidden states as HF's
-    output_hidden_states tuple; qkv as recorded by capture_qkv; dlm_* as returned by dlm_inputs and
-    the student forward on the noisy ids.
-    """
-
-    input_ids: torch.Tensor
-    logits: torch.Tensor | None = None
-    labels: torch.Tensor | None = None
-    attention_mask: torch.Tensor | None = None
-    hidden_states: Sequence[torch.Tensor] | None = None
-    qkv: dict[str, torch.Tensor] | None = None
-    teacher_logits: torch.Tensor | None = None
-    teacher_hidden_states: Sequence[torch.Tensor] | None = None
-    teacher_qkv: dict[str, torch.Tensor] | None = None
-    dlm_logits: torch.Tensor | None = None
-    dlm_mask: torch.Tensor | None = None
-    dlm_t: torch.Tensor | None = None
-    dlm_maskable: torch.Tensor | None = None
+OBJECTIVES = tuple(registry())
+__all__ = ["OBJECTIVES", "LossInputs", "LossOutput", "ObjectiveManager", "Requirements"]
 
 
 @dataclass
@@ -114,11 +69,12 @@ class ObjectiveManager:
         lrc: LRCConfig | None = None,
         mask_token_id: int | None = None,
     ):
-        self.enabled: tuple[str, ...] = tuple(n for n in OBJECTIVES if getattr(objectives, n).enabled)
+        names = [n for n in registry() if hasattr(objectives, n)]  # the registered objectives the config can switch on
+        self.enabled: tuple[str, ...] = tuple(n for n in names if getattr(objectives, n).enabled)
         if not self.enabled:
             raise ValueError("no objective is enabled: set training.objectives.<name>.enabled=true for at least one")
-        base = {n: getattr(objectives, n).weight for n in OBJECTIVES}
-        disabled = [n for n in OBJECTIVES if n not in self.enabled]
+        base = {n: getattr(objectives, n).weight for n in names}
+        disabled = [n for n in names if n not in self.enabled]
         self.curriculum = curriculum or Curriculum([], "step", base, disabled)
         self.dlm = dlm or DLMConfig()
         self.kd = kd or KDConfig()
@@ -207,7 +163,7 @@ class ObjectiveManager:
         valid = inputs.attention_mask.bool() if inputs.attention_mask is not None else None
         parts: dict[str, torch.Tensor] = {}
         for name in active:
-            parts[name] = getattr(self, f"_{name}")(inputs, valid)
+            parts[name] = get(name)(inputs, valid, self)
         weighted = {n: weights[n] * parts[n] for n in active}
         total = torch.stack(list(weighted.values())).sum()
         return LossOutput(
@@ -216,39 +172,3 @@ class ObjectiveManager:
             weighted={n: v.detach() for n, v in weighted.items()},
             weights=weights,
         )
-
-    @staticmethod
-    def _require(inputs: LossInputs, name: str, *fields: str) -> None:
-        missing = [f for f in fields if getattr(inputs, f) is None]
-        if missing:
-            raise ValueError(f"objective '{name}' is active but LossInputs lacks {missing}")
-
-    def _ce(self, inputs: LossInputs, valid: torch.Tensor | None) -> torch.Tensor:
-        self._require(inputs, "ce", "logits")
-        labels = inputs.labels if inputs.labels is not None else inputs.input_ids
-        if valid is not None:
-            labels = labels.masked_fill(~valid, -100)
-        return cross_entropy_loss(inputs.logits, labels)
-
-    def _dlm(self, inputs: LossInputs, valid: torch.Tensor | None) -> torch.Tensor:
-        self._require(inputs, "dlm", "dlm_logits", "dlm_mask", "dlm_t")
-        return dlm_loss(
-            inputs.dlm_logits,
-            inputs.input_ids,
-            inputs.dlm_mask,
-            inputs.dlm_t,
-            maskable=inputs.dlm_maskable,
-            shift=self.dlm.shift_labels,
-        )
-
-    def _logits_kd(self, inputs: LossInputs, valid: torch.Tensor | None) -> torch.Tensor:
-        self._require(inputs, "logits_kd", "logits", "teacher_logits")
-        return logits_kd_loss(inputs.logits, inputs.teacher_logits, self.kd.temperature, valid)
-
-    def _attention_kd(self, inputs: LossInputs, valid: torch.Tensor | None) -> torch.Tensor:
-        self._require(inputs, "attention_kd", "qkv", "teacher_qkv")
-        return attention_relation_loss(inputs.qkv, inputs.teacher_qkv, self.kd.relation_heads, valid)
-
-    def _lrc(self, inputs: LossInputs, valid: torch.Tensor | None) -> torch.Tensor:
-        self._require(inputs, "lrc", "hidden_states", "teacher_hidden_states")
-        return hidden_state_mse(inputs.hidden_states, inputs.teacher_hidden_states, self.lrc.layers, valid)

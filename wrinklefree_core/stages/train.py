@@ -49,14 +49,36 @@ from wrinklefree_core.tracking.params import RUN_FIELDS
 COMPUTE = Section("compute", "Where the stage runs (backend, device, precision, SkyPilot resources).")
 
 
-def stage_name(cfg: RunConfig) -> str:
-    """The design's stage name for a recipe: lrc (LRC loss), distill (a KD loss), else train."""
+def _enabled(cfg: RunConfig) -> list[str]:
+    from wrinklefree_core.objectives.base import registry
+
     objectives = cfg.training.objectives
-    if objectives.lrc.enabled:
-        return "lrc"
-    if objectives.logits_kd.enabled or objectives.attention_kd.enabled:
-        return "distill"
-    return "train"
+    return [name for name in registry() if getattr(getattr(objectives, name, None), "enabled", False)]
+
+
+def stage_name(cfg: RunConfig) -> str:
+    """The stage a recipe is: the earliest pipeline stage its enabled objectives tag (lrc, distill), else train."""
+    from wrinklefree_core.objectives.base import stages_of
+
+    tagged = stages_of(_enabled(cfg))
+    return min(tagged, key=lambda name: get(name).position) if tagged else "train"
+
+
+def objective_check(stage: str, recipe: str):
+    """The check of a training stage: some objective tagged with the stage (objectives/base.py) is enabled."""
+
+    def check(cfg: RunConfig) -> str | None:
+        from wrinklefree_core.objectives.base import registry
+
+        tagged = [o.name for o in registry().values() if o.stage == stage]
+        if not tagged or set(tagged) & set(_enabled(cfg)):
+            return None
+        return (
+            f"stage '{stage}' needs a recipe with the {' or '.join(tagged)} objective (training={recipe}); "
+            f"training={cfg.training.name} has none"
+        )
+
+    return check
 
 
 def default_out(cfg: RunConfig) -> Path:
@@ -203,9 +225,10 @@ def announce(cfg: RunConfig) -> str:
 
 
 def training_stage(name: str, summary: str, position: int, recipe: str, sections: tuple[Section, ...], **kw) -> Stage:
-    """A pipeline stage that runs `wrinklefree train` with `recipe` (train, lrc, distill)."""
+    """A pipeline stage that runs `wrinklefree train` with `recipe` (train, lrc, distill), checked by objective_check."""
     return Stage(
         name=name, summary=summary, command="train", run=run_train, position=position, recipe=recipe,
+        check=objective_check(name, recipe),
         sections=(*sections, COMPUTE), logs=("model", "training", "data", "compute", "gcs", "teacher", *RUN_FIELDS),
         announce=announce, report=report, **kw,
     )  # fmt: skip

@@ -66,6 +66,7 @@ def test_mlflow_params_keep_no_secret(tmp_path: Path):
     from mlflow import MlflowClient
 
     from tasks.mlflow_runs import log_params
+    from wrinklefree_core.stages.base import get
     from wrinklefree_core.training.tracking import log_config
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -78,7 +79,7 @@ def test_mlflow_params_keep_no_secret(tmp_path: Path):
     from lightning.pytorch.loggers import MLFlowLogger
 
     logger = MLFlowLogger(experiment_name="redact-train", tracking_uri=store, artifact_location=str(tmp_path / "art2"))
-    log_config(logger, {"tracking": {"mlflow_uri": f"https://bob:{SECRET}@h/"}, "teacher": f"https://h/m?token={SECRET}"}, "distill")
+    log_config(logger, {"tracking": {"mlflow_uri": f"https://bob:{SECRET}@h/"}, "teacher": f"https://h/m?token={SECRET}"}, get("distill").tracked)
     params = MlflowClient(store).get_run(logger.run_id).data.params
     assert SECRET not in json.dumps(params) and params["teacher"] == "https://h/m?token=***"
     assert "tracking.mlflow_uri" not in params  # where a run is logged is not a param of the stage

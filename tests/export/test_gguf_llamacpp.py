@@ -12,6 +12,7 @@ to make (the suite failed on an Intel AMX host that way), which is why verificat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -31,7 +32,8 @@ from wrinklefree_core.export import (
     verify_gguf,
     write_gguf,
 )
-from wrinklefree_core.export import gguf_layout, gguf_tokenizer
+from wrinklefree_core.export import gguf_tokenizer
+from wrinklefree_core.models.architectures import graph, graphs
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.quant.reference import ternarize_weight
 
@@ -208,7 +210,8 @@ def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, 
     good = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(good) == [LLAMA_LOG_NAME, "model.gguf", VERIFICATION_NAME]
 
-    monkeypatch.setattr(gguf_layout, "_NORM_ROPE_ARCHS", frozenset({"llama", "bitnet"}))
+    # The bug: the bitnet graph's spec claims llama's interleaved RoPE (models/architectures/bitnet.py).
+    monkeypatch.setitem(graphs(), "bitnet", dataclasses.replace(graph("bitnet"), rows_permuted=True))
     with pytest.raises(VerificationError, match=r"layer 0: llama.cpp's output differs from the reference") as failed:
         export_gguf(ckpt, out, cfg)
     assert f"Details in {tmp_path / 'verification.failed.json'}" in str(failed.value)

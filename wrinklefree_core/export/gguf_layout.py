@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from wrinklefree_core.models.architectures import architecture_of, gguf_arch_of
+from wrinklefree_core.models.architectures import GraphSpec, architecture_of, gguf_arch_of, graph
 from wrinklefree_core.models.rope import rope_parameters, rope_problem, rope_problem_for_arch
 from wrinklefree_core.export.gguf_rope import RopeScaling, rope_scaling
 from wrinklefree_core.models.bitlinear import BitLinear
@@ -38,16 +38,6 @@ from wrinklefree_core.models.lrc import LRC_PARAM_NAMES
 from wrinklefree_core.config.bitnet import BitNetSettings
 
 Role = Literal["ternary", "matrix", "embedding", "output", "norm", "bias"]
-
-# Biases each llama.cpp graph loads (llama-model.cpp / src/models/*.cpp, create_tensor(..., "bias")).
-_SUPPORTED_BIASES: dict[str, frozenset[str]] = {
-    "bitnet": frozenset(),
-    "llama": frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-    "qwen2": frozenset({"q_proj", "k_proj", "v_proj"}),
-    "qwen3": frozenset({"q_proj", "k_proj", "v_proj"}),
-}
-# Archs whose graph applies RoPE to interleaved pairs (LLAMA_ROPE_TYPE_NORM): HF q/k rows need permuting.
-_NORM_ROPE_ARCHS = frozenset({"llama"})
 
 _LAYER_NAMES = {
     "input_layernorm.weight": ("attn_norm.weight", "norm"),
@@ -147,38 +137,43 @@ def _refuse(why: str, fix: str) -> ExportError:
     return ExportError(f"Cannot export this checkpoint to GGUF: {why}. {fix}.")
 
 
-def _check_bitnet(model: nn.Module, settings: BitNetSettings, spec, dims: ModelDims, tied: bool) -> None:
-    own = f"Convert with subln=none to export it as llama.cpp arch '{spec.gguf_arch}'"
-    if spec.qk_norm:
-        raise _refuse("llama.cpp's bitnet graph has no QK-norm, and this model (Qwen3) needs it", own)
-    biased = [p for p, on in (("q/k/v", spec.qkv_bias), ("o_proj", spec.o_bias), ("MLP", spec.mlp_bias)) if on]
+def _check_graph(g: GraphSpec, model: nn.Module, settings: BitNetSettings, spec, dims: ModelDims, tied: bool) -> None:
+    """Refuse what llama.cpp graph `g` (models/architectures/) would compute differently from the model."""
+    own = f"Convert with subln=none to export it as llama.cpp arch '{spec.gguf_arch}'" if g.sub_norms else f"Use a model that {g.name} runs"
+    if spec.qk_norm and not g.qk_norm:
+        raise _refuse(f"llama.cpp's {g.name} graph has no QK-norm, and this model ({spec.hf_class}) needs it", own)
+    biased = sorted(spec.biased - g.biases)
     if biased:
+        raise _refuse(f"the model has {', '.join(biased)} biases and llama.cpp's {g.name} graph loads none of them", own)
+    if g.tied_head and not tied:
         raise _refuse(
-            f"the model has {', '.join(biased)} biases and llama.cpp's bitnet graph loads no bias tensors",
-            own,
-        )
-    if not tied:
-        raise _refuse(
-            "llama.cpp's bitnet graph reuses the token embedding as the output head, but this model has its own "
+            f"llama.cpp's {g.name} graph reuses the token embedding as the output head, but this model has its own "
             "lm_head (tie_word_embeddings is false)",
             own + ", or start from a model with tied embeddings",
         )
-    if dims.n_head * dims.head_dim != dims.n_embd:
+    if g.width_is_heads and dims.n_head * dims.head_dim != dims.n_embd:
         raise _refuse(
-            f"n_head*head_dim = {dims.n_head}*{dims.head_dim} != hidden_size {dims.n_embd}, and llama.cpp's bitnet "
+            f"n_head*head_dim = {dims.n_head}*{dims.head_dim} != hidden_size {dims.n_embd}, and llama.cpp's {g.name} "
             "graph shapes wq/wo as [n_embd, n_embd]",
-            own,
+            own if g.sub_norms else "Use a model whose head_dim is hidden_size/num_attention_heads",
         )
+    if g.rows_permuted and dims.head_dim % 2:
+        raise _refuse(f"head_dim {dims.head_dim} is odd; RoPE needs pairs", "Use an even head_dim")
+    if g.sub_norms:
+        _check_sub_norms(g, settings, spec, dims)
+
+
+def _check_sub_norms(g: GraphSpec, settings: BitNetSettings, spec, dims: ModelDims) -> None:
     if settings.skip_layers:
         raise _refuse(
-            f"skip_layers {settings.skip_layers} leaves layers without SubLN, but llama.cpp's bitnet graph applies "
+            f"skip_layers {settings.skip_layers} leaves layers without SubLN, but llama.cpp's {g.name} graph applies "
             "attn_sub_norm/ffn_sub_norm in every layer",
             f"Convert with skip_layers=[] (or with subln=none, exporting as '{spec.gguf_arch}')",
         )
     missing = sorted({"o_proj", "down_proj"} - set(settings.target_modules))
     if missing:
         raise _refuse(
-            f"target_modules lacks {missing}, so those projections have no SubLN, which llama.cpp's bitnet graph applies",
+            f"target_modules lacks {missing}, so those projections have no SubLN, which llama.cpp's {g.name} graph applies",
             "Convert with o_proj and down_proj in target_modules",
         )
     if settings.subln_eps is not None and settings.subln_eps != dims.rms_eps:
@@ -191,17 +186,6 @@ def _check_bitnet(model: nn.Module, settings: BitNetSettings, spec, dims: ModelD
 
 def _is_lrc_tensor(hf_name: str) -> bool:
     return hf_name.rsplit(".", 1)[-1] in LRC_PARAM_NAMES
-
-
-def _check_own_arch(arch: str, dims: ModelDims) -> None:
-    if arch == "qwen2" and dims.n_head * dims.head_dim != dims.n_embd:
-        raise _refuse(
-            f"n_head*head_dim = {dims.n_head}*{dims.head_dim} != hidden_size {dims.n_embd}, and llama.cpp's qwen2 "
-            "graph shapes wq/wo as [n_embd, n_embd]",
-            "Use a Qwen2 model whose head_dim is hidden_size/num_attention_heads",
-        )
-    if arch == "llama" and dims.head_dim % 2:
-        raise _refuse(f"head_dim {dims.head_dim} is odd; RoPE needs pairs", "Use an even head_dim")
 
 
 def _gguf_name(hf_name: str, tied: bool) -> tuple[str, Role]:
@@ -262,13 +246,11 @@ def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool =
     rope_refusal = rope_problem_for_arch(config, arch)
     if rope_refusal is not None:
         raise _refuse(rope_refusal, "Convert the model again with the setting named")
-    if arch == "bitnet":
-        _check_bitnet(model, settings, spec, dims, tied)
-    else:
-        _check_own_arch(arch, dims)
+    g = graph(arch)
+    _check_graph(g, model, settings, spec, dims, tied)
 
     ternary = {name for name, m in model.named_modules() if isinstance(m, BitLinear)}
-    permute = arch in _NORM_ROPE_ARCHS
+    permute = g.rows_permuted
     seen: set[str] = set()
     tensors: list[TensorSpec] = []
     for hf_name in model.state_dict():
@@ -281,7 +263,7 @@ def plan_layout(model: nn.Module, settings: BitNetSettings, *, with_lora: bool =
         proj = module.rpartition(".")[2]
         if role == "matrix" and module in ternary:
             role = "ternary"
-        if role == "bias" and proj not in _SUPPORTED_BIASES[arch]:
+        if role == "bias" and proj not in g.biases:
             raise _refuse(f"llama.cpp's {arch} graph loads no bias for {proj} ('{hf_name}')", "Use a model without it")
         heads = None
         if permute and proj in ("q_proj", "k_proj"):

@@ -66,7 +66,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.models.architectures import SUPPORTED_ARCHITECTURES, architecture_of
+from wrinklefree_core.models.architectures import architecture_of
 from wrinklefree_core.models.checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -144,7 +144,7 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
             f"the checkpoint's {', '.join(biased)} projections have biases; this exporter writes bias-free BitNet "
             f"models only (transformers' BitNet MLP has no bias at all). {how}"
         )
-    if spec.model_type != SUPPORTED_ARCHITECTURES["llama"].model_type:
+    if not spec.hf_bitnet:
         raise HFExportError(
             f"{spec.hf_class} (model_type '{spec.model_type}') is not a Llama-family model: transformers' BitNet graph "
             f"is Llama's; only bias-free Llama-family checkpoints (e.g. SmolLM2) export to it. {how}"

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrinklefree_core.export.gguf_layout import ExportError
+from wrinklefree_core.models.architectures import graph
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.lrc import BitLinearLRC
 from wrinklefree_core.config.bitnet import BitNetSettings
@@ -62,8 +63,6 @@ from wrinklefree_core.quant.reference import ternarize_weight, weight_scale
 BLOCK = 256  # llama.cpp's TQ1_0/TQ2_0 block along a row's input (QK_K)
 # A padded ternary scale may differ from the original's by a few fp32 ulps where no latent hits it.
 MAX_SCALE_ERROR = 5e-7
-# llama.cpp graphs that shape wq/wo as [n_embd, n_embd]: n_head * head_dim must equal n_embd.
-SAME_WIDTH_ARCHS = frozenset({"bitnet", "qwen2"})
 # Weights of the embedding (and an untied head) cost about 4x a ternary weight at the default types.
 _EMBEDDING_WEIGHT = 4
 
@@ -165,7 +164,7 @@ def plan_for_model(model: nn.Module, arch: str) -> PaddingPlan:
         heads,
         getattr(c, "num_key_value_heads", None) or heads,
         getattr(c, "head_dim", None) or c.hidden_size // heads,
-        same_width=arch in SAME_WIDTH_ARCHS,
+        same_width=graph(arch).width_is_heads,  # wq/wo shaped [n_embd, n_embd] in that llama.cpp graph
         vocab=c.vocab_size,
         tied=bool(getattr(c, "tie_word_embeddings", False)),
     )

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from wrinklefree_core.models.architectures.spec import graph
+
 CARRIED = ("default", "linear", "yarn", "llama3")
-# llama.cpp graphs that multiply RoPE frequencies by a rope_freqs tensor (llama3 scaling).
-FREQ_FACTOR_ARCHS = frozenset({"llama"})
 
 
 def rope_parameters(config: Any) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def rope_problem(config: Any) -> str | None:
 def rope_problem_for_arch(config: Any, gguf_arch: str) -> str | None:
     """Why the config's RoPE cannot run in llama.cpp arch `gguf_arch`, or None."""
     problem = rope_problem(config)
-    if problem is None and rope_type(config) == "llama3" and gguf_arch not in FREQ_FACTOR_ARCHS:
+    if problem is None and rope_type(config) == "llama3" and not graph(gguf_arch).freq_factors:
         return (
             f"its llama3 RoPE scaling needs per-frequency factors, which llama.cpp's '{gguf_arch}' graph does not apply; "
             "convert with subln=none to export it as llama.cpp arch 'llama'"

@@ -1,4 +1,4 @@
-"""Registry of the Hugging Face architectures that convert to BitNet, and what each means downstream.
+"""Which Hugging Face architectures convert to BitNet: the entry for one config or model, or a refusal that says why.
 
 Design choices:
 - An explicit allow-list, not duck typing. Conversion only swaps nn.Linear modules, so many more models
@@ -15,12 +15,11 @@ Design choices:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from wrinklefree_core.models.architectures.spec import ArchitectureSpec, architectures
 from wrinklefree_core.models.rope import rope_problem, rope_problem_for_arch
 
 # Config attributes whose presence (with a truthy value) marks a mixture-of-experts model.
@@ -31,71 +30,15 @@ class UnsupportedArchitectureError(ValueError):
     """The model or config is not one of the architectures conversion and export know."""
 
 
-@dataclass(frozen=True)
-class ArchitectureSpec:
-    """What conversion and GGUF export need to know about one HF decoder architecture.
-
-    Attributes:
-        hf_class: the HF causal-LM class name, e.g. "LlamaForCausalLM".
-        model_type: `config.model_type`, e.g. "llama".
-        gguf_arch: llama.cpp architecture name used when a model exports without SubLN.
-        qkv_bias: q_proj/k_proj/v_proj carry a bias.
-        o_bias: o_proj carries a bias.
-        mlp_bias: gate/up/down_proj carry a bias.
-        qk_norm: per-head RMSNorm on q and k after projection (Qwen3's q_norm/k_norm).
-        bias_from_config: config flags that switch biases on ("attention_bias", "mlp_bias"); the
-            registry entry holds the defaults and `architecture_of` resolves them per config.
-    """
-
-    hf_class: str
-    model_type: str
-    gguf_arch: str
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    qk_norm: bool = False
-    bias_from_config: tuple[str, ...] = ()
-
-    def resolve(self, config: Any) -> "ArchitectureSpec":
-        """Return this entry with the config-dependent bias flags filled in."""
-        changes: dict[str, bool] = {}
-        if "attention_bias" in self.bias_from_config and getattr(config, "attention_bias", False):
-            changes.update(qkv_bias=True, o_bias=True)
-        if "mlp_bias" in self.bias_from_config and getattr(config, "mlp_bias", False):
-            changes.update(mlp_bias=True)
-        return dataclasses.replace(self, **changes) if changes else self
-
-
-SUPPORTED_ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    # Llama covers SmolLM2; Llama's attention_bias puts a bias on q, k, v *and* o.
-    "llama": ArchitectureSpec(
-        hf_class="LlamaForCausalLM",
-        model_type="llama",
-        gguf_arch="llama",
-        bias_from_config=("attention_bias", "mlp_bias"),
-    ),
-    # Qwen2 always has q/k/v biases and never an o_proj or MLP bias; there is no config flag.
-    "qwen2": ArchitectureSpec(hf_class="Qwen2ForCausalLM", model_type="qwen2", gguf_arch="qwen2", qkv_bias=True),
-    # Qwen3 drops Qwen2's biases (optional via attention_bias) and adds per-head QK-norm.
-    "qwen3": ArchitectureSpec(
-        hf_class="Qwen3ForCausalLM",
-        model_type="qwen3",
-        gguf_arch="qwen3",
-        qk_norm=True,
-        bias_from_config=("attention_bias",),
-    ),
-}
-
-
 def _supported_list() -> str:
-    return ", ".join(f"{s.hf_class} (model_type '{s.model_type}')" for s in SUPPORTED_ARCHITECTURES.values())
+    return ", ".join(f"{s.hf_class} (model_type '{s.model_type}')" for s in architectures().values())
 
 
 def _refuse(found: str, reason: str) -> UnsupportedArchitectureError:
     return UnsupportedArchitectureError(
         f"Cannot convert {found} to BitNet: {reason}. Supported architectures: {_supported_list()}. "
-        "Use one of these (e.g. a SmolLM2, Qwen2.5 or Qwen3 checkpoint), or add an entry to "
-        "wrinklefree_core/models/architectures.py together with conversion and export tests for it."
+        "Use one of these (e.g. a SmolLM2, Qwen2.5 or Qwen3 checkpoint), or add a file for it to "
+        "wrinklefree_core/models/architectures/ together with conversion and export tests for it."
     )
 
 
@@ -115,7 +58,7 @@ def architecture_of(config_or_model: Any) -> ArchitectureSpec:
     model_type = config.model_type
     archs = getattr(config, "architectures", None) or []
     found = type(model).__name__ if model is not None else (archs[0] if archs else f"model_type '{model_type}'")
-    spec = SUPPORTED_ARCHITECTURES.get(model_type)
+    spec = architectures().get(model_type)
     if spec is None:
         raise _refuse(found, f"model_type '{model_type}' is not supported")
 

@@ -151,17 +151,7 @@ def classify_error(exc: BaseException) -> SkyLaunchError | None:
     if isinstance(exc, sky_exc.KubeAPIUnreachableError):
         return SkyRetryableError(f"the Kubernetes API is unreachable right now: {msg}", cause=exc)
     if isinstance(exc, sky_exc.ResourcesUnavailableError):
-        if _DISABLED_CLOUD.search(msg):
-            # Raised before any attempt when the task needs a cloud (e.g. a gs:// mount) that is off.
-            return SkyNotConfiguredError(f"a cloud this task needs is not enabled ({msg}); {SKY_CHECK_HINT}", cause=exc)
-        if not exc.failover_history:
-            # Empty history: the optimizer found no offering at all, which waiting will not change.
-            return SkyLaunchError(
-                f"no enabled cloud offers the requested resources ({msg}); check compute.accelerators/"
-                "cloud/region against `sky gpus list`",
-                cause=exc,
-            )
-        return SkyRetryableError(f"no capacity for the requested resources right now: {msg}", cause=exc)
+        return _unavailable(exc, msg)
     retryable = (
         sky_exc.ClusterNotUpError,
         sky_exc.ClusterDoesNotExist,
@@ -177,6 +167,20 @@ def classify_error(exc: BaseException) -> SkyLaunchError | None:
     if type(exc).__module__.startswith("sky"):
         return SkyLaunchError(f"SkyPilot failed ({type(exc).__name__}): {msg}", cause=exc)
     return None
+
+
+def _unavailable(exc, msg: str) -> SkyLaunchError:
+    if _DISABLED_CLOUD.search(msg):
+        # Raised before any attempt when the task needs a cloud (e.g. a gs:// mount) that is off.
+        return SkyNotConfiguredError(f"a cloud this task needs is not enabled ({msg}); {SKY_CHECK_HINT}", cause=exc)
+    if not exc.failover_history:
+        # Empty history: the optimizer found no offering at all, which waiting will not change.
+        return SkyLaunchError(
+            f"no enabled cloud offers the requested resources ({msg}); check compute.accelerators/"
+            "cloud/region against `sky gpus list`",
+            cause=exc,
+        )
+    return SkyRetryableError(f"no capacity for the requested resources right now: {msg}", cause=exc)
 
 
 def _job_id_of(result: Any) -> int | None:

@@ -17,7 +17,7 @@ from gguf import GGUFReader
 
 from wrinklefree_core.evaluation.ptq import BaselineError, ptq_files
 from wrinklefree_core.export.gguf_writer import write_full_precision_gguf
-from wrinklefree_core.export.verify import llamacpp_logits, load_llama
+from wrinklefree_core.export.llamacpp_api import llamacpp_logits, load_llama
 from wrinklefree_core.models.sources import load_hf_model
 
 

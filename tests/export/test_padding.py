@@ -19,7 +19,8 @@ from tests.export.test_gguf_llamacpp import QWEN2_05B
 from tests.export.test_gguf_lora import make_lrc_checkpoint
 from wrinklefree_core.export import padding
 from wrinklefree_core.export.gguf_layout import target_arch
-from wrinklefree_core.export.padding import BLOCK, identity_error, pad_model, plan_for_model, plan_padding
+from wrinklefree_core.export.padding import BLOCK, pad_model, plan_for_model, plan_padding
+from wrinklefree_core.export.verify_padding import identity_error
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.subln import SubLN

@@ -17,7 +17,7 @@ from wrinklefree_core.config.export import ExportConfig
 from wrinklefree_core.export import export_gguf, read_gguf_tensors, reference_logits, verify_gguf
 from wrinklefree_core.export.gguf_writer import load_export_model
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
-from wrinklefree_core.export.verify import compare_logits, llamacpp_logits, load_llama
+from wrinklefree_core.export.llamacpp_api import compare_logits, llamacpp_logits, load_llama
 
 
 pytestmark = pytest.mark.slow

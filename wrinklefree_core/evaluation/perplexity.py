@@ -90,7 +90,7 @@ def gguf_perplexity(gguf: Path, cfg: RunConfig, max_sequences: int | None, whole
     from transformers import AutoTokenizer
 
     from wrinklefree_core.export.gguf_lora import lora_path_for
-    from wrinklefree_core.export.verify import llamacpp_logits, load_llama
+    from wrinklefree_core.export.llamacpp_api import llamacpp_logits, load_llama
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_source_checkpoint(gguf))
     rows = scored_rows(cfg, tokenizer, max_sequences, whole)

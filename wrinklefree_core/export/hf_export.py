@@ -149,6 +149,30 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
             f"{spec.hf_class} (model_type '{spec.model_type}') is not a Llama-family model: transformers' BitNet graph "
             f"is Llama's; only bias-free Llama-family checkpoints (e.g. SmolLM2) export to it. {how}"
         )
+    _check_sub_norms(settings)
+    eps = config.rms_norm_eps
+    if settings.subln_eps is not None and settings.subln_eps != eps:
+        raise HFExportError(
+            f"subln_eps={settings.subln_eps} differs from rms_norm_eps={eps}; transformers' BitNet uses "
+            "rms_norm_eps for every norm. Convert with bitnet.subln_eps=null."
+        )
+    if not getattr(config, "rope_parameters", None):
+        # BitNetConfig would fall back to its own theta (5e5) instead of the source model's.
+        raise HFExportError(
+            "the checkpoint's config has no rope_parameters. Re-run the convert stage with this transformers version."
+        )
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim * config.num_attention_heads != config.hidden_size:
+        raise HFExportError(
+            f"num_attention_heads * head_dim = {config.num_attention_heads} * {head_dim} != hidden_size "
+            f"{config.hidden_size}; transformers' BitNet attn_sub_norm is hidden_size wide and cannot hold it. {how}"
+        )
+    if packed:
+        _check_packable(config, settings, head_dim)
+
+
+def _check_sub_norms(settings: BitNetSettings) -> None:
+    """transformers' BitNet has one RMSNorm before o_proj and one before down_proj in every layer, nowhere else."""
     if settings.subln != "bitdistill":
         raise HFExportError(
             f"the checkpoint uses subln='{settings.subln}', but transformers' BitNet always applies one RMSNorm before "
@@ -168,39 +192,25 @@ def check_hf_exportable(config: Any, settings: BitNetSettings, packed: bool = Fa
             f"target_modules lacks {missing}, so those layers have no sub-norm; transformers' BitNet always has one. "
             "Convert with o_proj and down_proj in target_modules."
         )
-    eps = config.rms_norm_eps
-    if settings.subln_eps is not None and settings.subln_eps != eps:
+
+
+def _check_packable(config: Any, settings: BitNetSettings, head_dim: int) -> None:
+    """Packed mode holds out_features // 4 rows of 2-bit values: every ternary width must divide by 4."""
+    widths = {
+        "q_proj": config.num_attention_heads * head_dim,
+        "k_proj": config.num_key_value_heads * head_dim,
+        "v_proj": config.num_key_value_heads * head_dim,
+        "o_proj": config.hidden_size,
+        "gate_proj": config.intermediate_size,
+        "up_proj": config.intermediate_size,
+        "down_proj": config.hidden_size,
+    }
+    odd = {n: w for n, w in widths.items() if n in settings.target_modules and w % VALUES_PER_BYTE}
+    if odd:
         raise HFExportError(
-            f"subln_eps={settings.subln_eps} differs from rms_norm_eps={eps}; transformers' BitNet uses "
-            "rms_norm_eps for every norm. Convert with bitnet.subln_eps=null."
+            f"packed export needs every ternary out_features divisible by {VALUES_PER_BYTE} (transformers' "
+            f"BitLinear holds out_features // 4 packed rows); found {odd}. Use export.hf_packed=false."
         )
-    if not getattr(config, "rope_parameters", None):
-        # BitNetConfig would fall back to its own theta (5e5) instead of the source model's.
-        raise HFExportError(
-            "the checkpoint's config has no rope_parameters. Re-run the convert stage with this transformers version."
-        )
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if head_dim * config.num_attention_heads != config.hidden_size:
-        raise HFExportError(
-            f"num_attention_heads * head_dim = {config.num_attention_heads} * {head_dim} != hidden_size "
-            f"{config.hidden_size}; transformers' BitNet attn_sub_norm is hidden_size wide and cannot hold it. {how}"
-        )
-    if packed:
-        widths = {
-            "q_proj": config.num_attention_heads * head_dim,
-            "k_proj": config.num_key_value_heads * head_dim,
-            "v_proj": config.num_key_value_heads * head_dim,
-            "o_proj": config.hidden_size,
-            "gate_proj": config.intermediate_size,
-            "up_proj": config.intermediate_size,
-            "down_proj": config.hidden_size,
-        }
-        odd = {n: w for n, w in widths.items() if n in settings.target_modules and w % VALUES_PER_BYTE}
-        if odd:
-            raise HFExportError(
-                f"packed export needs every ternary out_features divisible by {VALUES_PER_BYTE} (transformers' "
-                f"BitLinear holds out_features // 4 packed rows); found {odd}. Use export.hf_packed=false."
-            )
 
 
 # ------------------------------------------------------------------------------------------- config

@@ -44,6 +44,10 @@ Design choices:
   6e-5 (F32 adapters), 9e-5 to 4e-4 (F16, one position whose activation rounding flips) as modelled;
   feeding the adapter the pre-SubLN input instead gives 0.4-0.7, the Q8-rounded input 0.014-0.05,
   and an F16 adapter without the fp16 activation rounding 3e-3.
+- `forced_flips()`: within it, every Q8_0 / Q8_K quantizer rounds the one value nearest a rounding
+  boundary to the other side. Where the float32 reference flips nothing, the verifier measures with
+  it how far one flip in each of a layer's quantizers moves that layer: what a different summation
+  order (another kernel, thread count or CPU) can do to llama.cpp.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +148,29 @@ def read_lora_tensors(path: str | Path, plan: LoraLayout) -> dict[str, LoraPair]
     return out
 
 
+_FORCE_FLIP: ContextVar[bool] = ContextVar("force_flip", default=False)
+
+
+@contextlib.contextmanager
+def forced_flips() -> Iterator[None]:
+    """Within the block, each activation quantizer rounds its value nearest a boundary the other way (module docstring)."""
+    token = _FORCE_FLIP.set(True)
+    try:
+        yield
+    finally:
+        _FORCE_FLIP.reset(token)
+
+
+def _round(r: torch.Tensor) -> torch.Tensor:
+    """round_half_even(r); under forced_flips, the element nearest x.5 goes to its other neighbour."""
+    q = torch.round(r)
+    if _FORCE_FLIP.get() and r.numel():
+        flat_r, flat_q = r.reshape(-1), q.reshape(-1)
+        i = int(torch.argmin((flat_r - torch.floor(flat_r) - 0.5).abs()))
+        flat_q[i] = 2 * torch.floor(flat_r[i]) + 1 - flat_q[i]
+    return q
+
+
 def q8_k_roundtrip(x: torch.Tensor) -> torch.Tensor:
     """x as ggml's Q8_K blocks dequantize it (last dim a multiple of 256), in fp32."""
     shape = x.shape
@@ -152,7 +180,7 @@ def q8_k_roundtrip(x: torch.Tensor) -> torch.Tensor:
     zero = m == 0
     # -127.f/max as one fp32 division (`-127.0 / m` would be reciprocal(m) * -127: 1 ulp off, see above).
     iscale = torch.div(torch.full_like(m, -127.0), torch.where(zero, torch.ones_like(m), m))
-    q = torch.round(iscale * b).clamp(max=127.0)
+    q = _round(iscale * b).clamp(max=127.0)
     d = torch.div(torch.ones_like(iscale), iscale)
     return torch.where(zero, torch.zeros_like(b), d * q).reshape(shape)
 
@@ -165,7 +193,7 @@ def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:
     d16 = (a / 127.0).half().float()
     safe = torch.where(a == 0, torch.ones_like(a), a)
     inv = torch.where(a == 0, torch.zeros_like(a), torch.div(torch.full_like(a, 127.0), safe))
-    q = torch.round(b * inv)
+    q = _round(b * inv)
     return (d16 * q).reshape(shape)
 
 

@@ -136,9 +136,7 @@ def run_llamacpp(
 
     llamacpp_log.install()
     threads = threads or default_threads()
-    n_ctx = max(256, len(ids) + 16)
     start = llamacpp_log.mark()
-
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
     mparams.use_extra_bufts = repack
@@ -147,6 +145,50 @@ def run_llamacpp(
         raise RuntimeError(f"llama.cpp could not load {gguf_path}")
     adapter = ctx = batch = None
     hidden: dict[str, list[np.ndarray]] = {}
+    callback = llama_cpp.ggml_backend_sched_eval_callback(_capture(hidden))  # kept alive until the context is freed
+    try:
+        if lora_path is not None:
+            adapter = llama_cpp.llama_adapter_lora_init(model, str(lora_path).encode())
+            if not adapter:
+                raise RuntimeError(f"llama.cpp could not load the LoRA adapter {lora_path}")
+        ctx = _context(llama_cpp, model, max(256, len(ids) + 16), threads, callback)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a context for {gguf_path}")
+        if adapter is not None:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales):
+                raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {lora_path}")
+        batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
+        logits = _decode(llama_cpp, model, ctx, batch, ids, gguf_path)
+        prompt_ids = _tokenize(llama_cpp, model, prompt) if prompt is not None else []
+    finally:
+        if batch is not None:
+            llama_cpp.llama_batch_free(batch)
+        if ctx:
+            llama_cpp.llama_free(ctx)
+        if adapter:
+            llama_cpp.llama_adapter_lora_free(adapter)
+        llama_cpp.llama_model_free(model)
+    path = _kernel_path(threads, repack, "".join(llamacpp_log.lines_since(start)))
+    return LlamaRun(prompt_ids, logits, {k: np.concatenate(v) for k, v in hidden.items()}, path)
+
+
+def _kernel_path(threads: int, repack: bool, log: str) -> KernelPath:
+    """Which kernels ran: threads, whether llama.cpp repacked the weights (its log says so), the build and the CPU."""
+    cpu, flags = _cpu_identity()
+    return KernelPath(
+        threads=threads,
+        repack_requested=repack,
+        repacked="CPU_REPACK model buffer" in log,
+        build_features=build_features(),
+        cpu=cpu,
+        cpu_flags=flags,
+    )
+
+
+def _capture(hidden: dict[str, list[np.ndarray]]):
+    """The eval callback: copies every captured F32 tensor (inp_embd, l_out-<i>) into `hidden`."""
 
     def on_tensor(tensor_p, ask, user_data):
         t = _GGMLTensor.from_address(tensor_p)
@@ -162,60 +204,33 @@ def run_llamacpp(
         hidden.setdefault(name, []).append(values.reshape(rows, width).copy())
         return True
 
-    callback = llama_cpp.ggml_backend_sched_eval_callback(on_tensor)
-    try:
-        if lora_path is not None:
-            adapter = llama_cpp.llama_adapter_lora_init(model, str(lora_path).encode())
-            if not adapter:
-                raise RuntimeError(f"llama.cpp could not load the LoRA adapter {lora_path}")
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.type_k = cparams.type_v = _GGML_TYPE_F32
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cparams.no_perf = True
-        cparams.cb_eval = callback
-        cparams.cb_eval_user_data = None
-        ctx = llama_cpp.llama_init_from_model(model, cparams)
-        if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context for {gguf_path}")
-        if adapter is not None:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-            scales = (ctypes.c_float * 1)(1.0)
-            if llama_cpp.llama_set_adapters_lora(ctx, adapters, 1, scales):
-                raise RuntimeError(f"llama.cpp could not apply the LoRA adapter {lora_path}")
+    return on_tensor
 
-        batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
-        batch.n_tokens = len(ids)
-        for i, tok in enumerate(ids):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, True
-            batch.seq_id[i][0] = 0
-        rc = llama_cpp.llama_decode(ctx, batch)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc} for {gguf_path}")
-        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(len(ids), n_vocab)).copy()
-        prompt_ids = _tokenize(llama_cpp, model, prompt) if prompt is not None else []
-    finally:
-        if batch is not None:
-            llama_cpp.llama_batch_free(batch)
-        if ctx:
-            llama_cpp.llama_free(ctx)
-        if adapter:
-            llama_cpp.llama_adapter_lora_free(adapter)
-        llama_cpp.llama_model_free(model)
 
-    log = "".join(llamacpp_log.lines_since(start))
-    cpu, flags = _cpu_identity()
-    path = KernelPath(
-        threads=threads,
-        repack_requested=repack,
-        repacked="CPU_REPACK model buffer" in log,
-        build_features=build_features(),
-        cpu=cpu,
-        cpu_flags=flags,
-    )
-    return LlamaRun(prompt_ids, logits, {k: np.concatenate(v) for k, v in hidden.items()}, path)
+def _context(llama_cpp, model, n_ctx: int, threads: int, callback):
+    """A context with an F32 KV cache, no flash attention, one batch for the whole prompt, and the eval callback."""
+    cparams = llama_cpp.llama_context_default_params()
+    cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+    cparams.n_threads = cparams.n_threads_batch = threads
+    cparams.type_k = cparams.type_v = _GGML_TYPE_F32
+    cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    cparams.no_perf = True
+    cparams.cb_eval = callback
+    cparams.cb_eval_user_data = None
+    return llama_cpp.llama_init_from_model(model, cparams)
+
+
+def _decode(llama_cpp, model, ctx, batch, ids: list[int], gguf_path) -> np.ndarray:
+    """Every position's logits of `ids` decoded in one batch, (len(ids), vocab)."""
+    batch.n_tokens = len(ids)
+    for i, tok in enumerate(ids):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, True
+        batch.seq_id[i][0] = 0
+    rc = llama_cpp.llama_decode(ctx, batch)
+    if rc != 0:
+        raise RuntimeError(f"llama_decode returned {rc} for {gguf_path}")
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(len(ids), n_vocab)).copy()
 
 
 def _captured_name(t: _GGMLTensor) -> str | None:

@@ -39,23 +39,18 @@ The padded model is built from a copy of the loaded one, module by module; nothi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import types
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from wrinklefree_core.export.gguf_layout import ExportError
 from wrinklefree_core.models.architectures import graph
 from wrinklefree_core.models.bitlinear import BitLinear
-from wrinklefree_core.models.lrc import BitLinearLRC
 from wrinklefree_core.config.bitnet import BitNetSettings
 from wrinklefree_core.models.subln import SubLN
 from wrinklefree_core.quant.reference import ternarize_weight, weight_scale
@@ -343,69 +338,6 @@ def pad_model(model: nn.Module, settings: BitNetSettings, plan: PaddingPlan) -> 
     _set_shapes(padded, plan, eps)
     padded_settings = settings.model_copy(update={"subln_eps": eps}) if settings.subln_eps is not None else settings
     return PaddedModel(padded.eval(), padded_settings, plan, checked, worst)
-
-
-# -- proof that padding changed nothing ------------------------------------------------------------
-
-
-def _float_forward(self: BitLinear, x: torch.Tensor) -> torch.Tensor:
-    if self.sub_norm is not None:
-        x = self.sub_norm(x)
-    wq, s = ternarize_weight(self.weight)
-    y = F.linear(x, (wq * s).to(x.dtype), self.bias)
-    if isinstance(self, BitLinearLRC):
-        y = y + F.linear(F.linear(x, self.lrc_V.T), self.lrc_U)
-    return y
-
-
-def _rms_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    eps = self.eps if isinstance(self, SubLN) else self.variance_epsilon
-    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
-def _is_rms_norm(m: nn.Module) -> bool:
-    return isinstance(m, SubLN) or (hasattr(m, "variance_epsilon") and hasattr(m, "weight"))
-
-
-@contextlib.contextmanager
-def float_activations(model: nn.Module) -> Iterator[nn.Module]:
-    """While inside, every BitLinear multiplies its unrounded input by s * W_q (plus its LRC term), and
-    every RMS norm computes in the input's dtype (HF's and SubLN's cast to fp32).
-
-    Activation rounding is left out because padding provably leaves it alone (zeros move no absmax),
-    and because a last-bit difference flips a rounding: with it out, a float64 run of the padded and of
-    the original model must agree to summation noise.
-    """
-    swapped = []
-    for m in model.modules():
-        if isinstance(m, BitLinear):
-            m.forward = types.MethodType(_float_forward, m)
-        elif _is_rms_norm(m):
-            m.forward = types.MethodType(_rms_norm_forward, m)
-        else:
-            continue
-        swapped.append(m)
-    try:
-        yield model
-    finally:
-        for m in swapped:
-            del m.forward
-
-
-def identity_error(original: nn.Module, settings: BitNetSettings, plan: PaddingPlan, ids: torch.Tensor) -> float:
-    """Relative L2 distance between the logits of `original` and of its padding, both built and run in
-    float64 with float activations: ~1e-15 when padding is exact.
-
-    The padding is redone in float64 so that the check sees the algorithm, not the fp32 rounding of
-    the rescaled norm gains (~6e-8 each, the same as storing any checkpoint in fp32); that the file
-    holds the fp32 padded model exactly is what the weight and llama.cpp checks show.
-    """
-    wide = copy.deepcopy(original).double()
-    logits = []
-    for model in (wide, pad_model(wide, settings, plan).model):
-        with torch.no_grad(), float_activations(model):
-            logits.append(model(ids.view(1, -1)).logits[0])
-    return float(torch.linalg.norm(logits[1] - logits[0]) / torch.linalg.norm(logits[0]).clamp(min=1e-300))
 
 
 # -- the model an export writes ---------------------------------------------------------------------

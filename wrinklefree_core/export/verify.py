@@ -18,9 +18,10 @@ kernel paths (repacked weights or not, AVX2 / AVX-512 / AMX builds, thread count
 fp32 orders, so end to end two correct paths differ by up to ~1% on a deep model: a bound taken from one
 CPU's sample failed on another (an Intel AMX host, 2026-12). Fed its own inputs, a layer can only differ
 by what it computes itself. The noise floor is how far the reference moves from itself when only its
-float rounding changes (fp32 instead of fp64 accumulation), fed the same inputs, at its largest over the
-layers; the configured tolerance applies on top of NOISE_FACTOR floors, and the json records every floor
-and bound used, and the kernel path that ran (`kernel_path`: CPU, threads, repacked or not, features).
+float rounding changes (fp32 accumulation; where that flips nothing, one flip forced per quantizer), fed
+the same inputs, at its largest over the layers (verify_layers.py); the configured tolerance applies
+on top of NOISE_FACTOR floors, and the json records every floor and bound used, and the kernel path
+that ran (`kernel_path`: CPU, threads, repacked or not, features).
 
 Design choices:
 - llama.cpp runs with an F32 KV cache, no flash attention and logits for all positions, so the only
@@ -35,16 +36,10 @@ Design choices:
   wants to inspect a failing export can rerun with export.verify=false).
 
 LRC checkpoints (base GGUF + LoRA adapter GGUF, gguf_lora.py) get the same checks for base + adapter
-against the PyTorch LRC model, plus:
-- the adapter file itself: general.type/adapter.type/arch, one lora_a/lora_b pair per LRC module
-  with the right shapes, a llama.cpp scale of exactly 1, and factors equal to the checkpoint's U, V
-  (F16: fp16-rounded). The reference reads U, V back from the file, so a writer bug that llama.cpp
-  and the reference would share (a wrong q/k row permutation of U) is caught only here;
-- the base file alone vs the reference without adapters (its own noise floor and bounds), which
-  pins each file separately;
-- `adapter_effect`: how far the adapters move the (modelled) logits. When that is below the
-  tolerance, the logits check could not tell an applied adapter from a missing one; the json says
-  so (`adapter_effect_resolved`: false) without failing, since a U = 0 adapter is a valid export.
+against the PyTorch LRC model, plus the adapter file itself (verify_lora.py), the base file alone vs
+the reference without adapters (its own floor and bounds), and `adapter_effect`: how far the
+adapters move the modelled logits (`adapter_effect_resolved`: false, not a failure, when that is
+below the tolerance, since a U = 0 adapter is a valid export).
 `export_gguf` writes both files of an LRC checkpoint (`<name>.gguf`, `<name>.lora.gguf`) under
 staging names and publishes both only when both pass; one verification.json describes them.
 """
@@ -58,35 +53,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, GGUFType, Keys
 from torch import nn
 
 from wrinklefree_core.config.export import ExportConfig
-from wrinklefree_core.export.gguf_layout import GGUFLayout, plan_layout, target_arch
-from wrinklefree_core.export.gguf_lora import (
-    ADAPTER_TYPES,
-    LoraLayout,
-    checkpoint_has_lrc,
-    lora_path_for,
-    pad_rank,
-    plan_lora,
-    write_lora_gguf,
-)
-from wrinklefree_core.export.gguf_quant import quantize_roundtrip
+from wrinklefree_core.export.gguf_layout import GGUFLayout, plan_layout
+from wrinklefree_core.export.gguf_lora import checkpoint_has_lrc, lora_path_for, plan_lora, write_lora_gguf
 from wrinklefree_core.export.gguf_report import GGUFExportReport
 from wrinklefree_core.export.gguf_writer import write_gguf
+from wrinklefree_core.export.llamacpp_api import compare_logits, llamacpp_version
 from wrinklefree_core.export.llamacpp_log import llamacpp_log_to
+from wrinklefree_core.export.llamacpp_reference import GGUFTensor, LoraPair, lrc_disabled, read_gguf_tensors, reference_logits
 from wrinklefree_core.export.llamacpp_run import LlamaRun, run_llamacpp
-from wrinklefree_core.export.padding import ExportModel, export_model, identity_error, needs_padding
-from wrinklefree_core.export.llamacpp_reference import (
-    GGUFTensor,
-    LoraPair,
-    lrc_disabled,
-    read_gguf_tensors,
-    read_lora_tensors,
-    reference_logits,
-)
 from wrinklefree_core.export.verify_layers import NOISE_FACTOR, check_layers
+from wrinklefree_core.export.verify_lora import adapter_type_of, check_lora_file
+from wrinklefree_core.export.verify_padding import check_padding, model_for_file
 from wrinklefree_core.export.verify_weights import check_weights
 from wrinklefree_core.models.checkpoint import load_bitnet_checkpoint
 from wrinklefree_core.models.lrc import lrc_modules
@@ -96,7 +76,6 @@ VERIFICATION_NAME = "verification.json"
 LLAMA_LOG_NAME = "llama_cpp.log"  # llama.cpp's own log of the verification, beside the json
 # A re-export that fails beside a published GGUF: its record, leaving that file's own verification alone.
 FAILED_VERIFICATION_NAME, FAILED_LOG_NAME = "verification.failed.json", "llama_cpp.failed.log"
-_ADAPTER_GGML_TYPES = frozenset(ADAPTER_TYPES.values())
 
 
 class VerificationError(RuntimeError):
@@ -114,62 +93,6 @@ class _LoadFailed(Exception):
         self.failures = failures or []
         self.extra = extra or {}
         self.attempted = attempted
-
-
-def compare_logits(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
-    """Errors of `got` vs `want` (both (tokens, vocab)): max abs, median over positions of the per-position
-    max abs (robust to the rare position where one activation lands on the other side of a rounding
-    boundary), relative L2, and top-1 agreement."""
-    got64, want64 = got.astype(np.float64), want.astype(np.float64)
-    diff = got64 - want64
-    return {
-        "max_abs_error": float(np.abs(diff).max()),
-        "median_position_max_abs_error": float(np.median(np.abs(diff).max(axis=-1))),
-        "rel_l2_error": float(np.linalg.norm(diff) / max(np.linalg.norm(want64), 1e-30)),
-        "top1_agreement": float(np.mean(got.argmax(-1) == want.argmax(-1))),
-    }
-
-
-def load_llama(gguf_path: str | Path, n_ctx: int, lora_path: str | Path | None = None):
-    """Open a GGUF in llama.cpp the way verification needs it (all logits, F32 KV cache, no flash attention),
-    with the LoRA adapter at `lora_path` applied at scale 1 when given."""
-    from llama_cpp import Llama
-
-    from wrinklefree_core.export import llamacpp_log
-
-    llamacpp_log.install()
-    return Llama(
-        model_path=str(gguf_path),
-        lora_path=None if lora_path is None else str(lora_path),
-        lora_scale=1.0,
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_threads=max(1, min(2, os.cpu_count() or 1)),
-        logits_all=True,
-        type_k=0,
-        type_v=0,
-        flash_attn=False,
-        seed=0,
-        verbose=False,
-    )
-
-
-def llamacpp_version() -> dict[str, str]:
-    """The llama-cpp-python version and the llama.cpp build's system info."""
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info()
-    return {
-        "llama_cpp_python": getattr(llama_cpp, "__version__", "unknown"),
-        "system_info": info.decode() if isinstance(info, bytes) else str(info),
-    }
-
-
-def llamacpp_logits(llm, ids: list[int]) -> np.ndarray:
-    """Evaluate `ids` from an empty context and return the logits of every position, (len(ids), vocab)."""
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def _write_json(path: Path, result: dict[str, Any]) -> None:
@@ -239,169 +162,8 @@ def _check_logits(
     return entries, failures, ref
 
 
-def _adapter_type_of(lora_path: Path) -> str:
-    """The export.lora_type an adapter file was written with (its tensors' type), "f32" when unclear:
-    the file check then names what is wrong."""
-    try:
-        types = {GGMLQuantizationType(t.tensor_type) for t in GGUFReader(str(lora_path)).tensors}
-    except Exception:  # unreadable: check_lora_file says so
-        return "f32"
-    names = [k for k, v in ADAPTER_TYPES.items() if {v} == types]
-    return names[0] if names else "f32"
-
-
-def check_lora_file(
-    lora_path: Path, plan: LoraLayout, model: nn.Module
-) -> tuple[dict[str, Any], list[str], dict[str, LoraPair] | None]:
-    """Check an adapter GGUF against the checkpoint: (summary, failures, pairs read back or None).
-
-    The pairs are None when the file cannot be read as this checkpoint's adapter (unknown tensors,
-    half a pair, wrong shapes or types); the logits cannot be modelled then.
-    """
-    try:
-        reader = GGUFReader(str(lora_path))
-    except Exception as e:  # gguf raises assorted errors for garbage; all mean "not a GGUF"
-        return {}, [f"the LoRA adapter is not a readable GGUF file ({e})"], None
-    failures = []
-
-    def field(key: str):
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
-
-    required = ((Keys.General.TYPE, GGUFType.ADAPTER), (Keys.Adapter.TYPE, "lora"), (Keys.General.ARCHITECTURE, plan.arch))
-    for key, want in required:
-        if field(key) != want:
-            failures.append(f"the LoRA adapter has {key} = {field(key)!r}, llama.cpp needs {want!r}")
-    names = plan.by_tensor_name()
-    present = {t.name: t for t in reader.tensors}
-    broken = [f"tensor '{n}' belongs to no LRC adapter of the checkpoint" for n in present if n not in names]
-    for spec in plan.specs:
-        got = [n for n in (spec.a_name, spec.b_name) if n in present]
-        if len(got) == 1:
-            broken.append(f"'{got[0]}' has no partner ({spec.b_name if got[0] == spec.a_name else spec.a_name} is missing)")
-        for name, shape in ((spec.a_name, (spec.rank, spec.in_features)), (spec.b_name, (spec.out_features, spec.rank))):
-            t = present.get(name)
-            if t is None:
-                continue
-            found = tuple(int(n) for n in reversed(t.shape))
-            if found != shape:
-                broken.append(f"'{name}' has shape {found}, expected {shape}")
-            if GGMLQuantizationType(t.tensor_type) not in _ADAPTER_GGML_TYPES:
-                broken.append(f"'{name}' is {t.tensor_type.name}; LoRA factors are written as F32, F16, Q8_0, Q5_0 or Q4_0")
-    missing = [s.module for s in plan.specs if s.a_name not in present and s.b_name not in present]
-    if missing:
-        failures.append(
-            f"the LoRA adapter lacks the adapters of {len(missing)} of {len(plan.specs)} LRC modules "
-            f"(first: {missing[:3]}); llama.cpp would run those layers uncorrected"
-        )
-    summary: dict[str, Any] = {
-        "alpha": float(field(Keys.Adapter.LORA_ALPHA) or 0.0),
-        "pairs": len(plan.specs) - len(missing),
-        "pairs_expected": len(plan.specs),
-        "ranks": sorted({s.rank for s in plan.specs}),
-        "types": sorted({GGMLQuantizationType(t.tensor_type).name for t in reader.tensors}),
-        "file_bytes": lora_path.stat().st_size,
-    }
-    if broken:
-        return summary, failures + [f"the LoRA adapter is malformed: {b}" for b in broken], None
-
-    pairs = read_lora_tensors(lora_path, plan)
-    modules = dict(model.named_modules())
-    wrong_scale, wrong_values, worst = [], [], 0.0
-    for name, pair in pairs.items():
-        if pair.scale != 1.0:
-            wrong_scale.append(f"{name} ({pair.scale:g})")
-        m = modules[name]
-        rank = pair.u.value.shape[1]
-        u, v = pad_rank(m.lrc_U.detach().float(), rank), pad_rank(m.lrc_V.detach().float(), rank)
-        # What the file should hold: the factors rounded to their type along each stored row
-        # (lora_b = U: rows of length rank; lora_a = V^T: rows of length in_features).
-        expected = ((pair.u, quantize_roundtrip(u, pair.u.ggml_type)), (pair.v, quantize_roundtrip(v.T, pair.v.ggml_type).T))
-        for got, want in expected:
-            err = float((got.value - want).abs().max()) if want.numel() else 0.0
-            worst = max(worst, err)
-            if err:
-                wrong_values.append(name)
-    if wrong_scale:
-        failures.append(f"llama.cpp would scale U V^T by alpha/rank != 1 for {wrong_scale[:3]}")
-    if wrong_values:
-        failures.append(
-            f"the LoRA factors of {sorted(set(wrong_values))[:3]} differ from the checkpoint's U, V "
-            f"(max abs {worst:.3g}; U rows must carry the base weight's q/k permutation)"
-        )
-    summary["values_match_checkpoint"] = not wrong_values
-    summary["max_abs_value_error"] = worst
-    return summary, failures, pairs
-
-
-def _file_widths(gguf_path: Path) -> dict[str, int] | None:
-    """(n_embd, n_ff, n_head, n_head_kv) that a GGUF declares, None when it cannot be read."""
-    try:
-        reader = GGUFReader(str(gguf_path))
-        arch = reader.fields[Keys.General.ARCHITECTURE].contents()
-        keys = ("embedding_length", "feed_forward_length", "attention.head_count", "attention.head_count_kv")
-        return {k: int(reader.fields[f"{arch}.{k}"].contents()) for k in keys}
-    except Exception:  # unreadable or not ours: llama.cpp's load reports it below
-        return None
-
-
-def _widths(model: nn.Module) -> dict[str, int]:
-    c = model.config
-    return {
-        "embedding_length": c.hidden_size,
-        "feed_forward_length": c.intermediate_size,
-        "attention.head_count": c.num_attention_heads,
-        "attention.head_count_kv": getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
-    }
-
-
-def _model_for_file(gguf_path: Path, original: nn.Module, settings) -> ExportModel:
-    """The checkpoint's model as the file holds it: padded when the file declares the padded widths."""
-    arch = target_arch(original, settings)
-    widths = _file_widths(gguf_path)
-    if widths is None or widths == _widths(original) or not needs_padding(original):
-        return ExportModel(original, original, settings)
-    return export_model(original, settings, arch, pad=True)
-
-
-# Float64 with float activations, padding redone in float64 (padding.identity_error). What is left is
-# the fp32 rounding of the ternary scales that carry c (up/v_proj): <= 6e-8 relative on a SubLN's
-# input, which the norm divides out except through eps: 2.8e-8 on SmolLM2, a few 1e-9 on the tiny
-# test models. A wrong head map or gain moves the logits by 1e-2 or more. Epsilon mistakes are only
-# (1 - r) eps / (2 mean square), ~1e-7 at eps 1e-6, below this bound: tests/export/test_padding.py
-# catches them with eps raised to 0.05.
-PADDING_MAX_REL_ERROR = 1e-6
-
-
-def _check_padding(
-    source: ExportModel, settings, ids: torch.Tensor, exact: np.ndarray
-) -> tuple[dict[str, Any], list[str]]:
-    """That the padded model is the checkpoint's model (whose logits are `exact`): exact ternary values
-    and scales, the same function."""
-    padded = source.padded
-    identity = identity_error(source.original, settings, padded.plan, ids)
-    with torch.no_grad():
-        quantized = compare_logits(source.model(ids.view(1, -1)).logits[0].float().numpy(), exact)
-    summary = {
-        "plan": padded.plan.as_dict(),
-        "ternary_matrices_exact": padded.ternary_checked,
-        "scale_max_rel_error": padded.scale_max_rel_error,
-        "identity_rel_error": identity,
-        "identity_bound": PADDING_MAX_REL_ERROR,
-        "quantized_vs_unpadded": quantized,
-    }
-    failures = []
-    if not identity <= PADDING_MAX_REL_ERROR:
-        failures.append(
-            f"the padded model computes another function than the checkpoint (float64 logits differ by {identity:.3g} "
-            f"> {PADDING_MAX_REL_ERROR:g}); export with pad=false and report this"
-        )
-    return summary, failures
-
-
-def _run_checks(
-    gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig, lora_path: Path | None = None
-) -> dict[str, Any]:
+def _prepare(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig, lora_path: Path | None):
+    """(the checkpoint's model, the model the file holds, its layout, HF prompt ids, exact logits, has LRC)."""
     from transformers import AutoTokenizer
 
     original, settings = load_bitnet_checkpoint(checkpoint_dir)
@@ -414,24 +176,25 @@ def _run_checks(
     if lora_path is not None and not has_lrc:
         raise VerificationError(f"{checkpoint_dir} has no LRC adapters, but a LoRA adapter ({lora_path}) was given.")
     plan_layout(original, settings, with_lora=has_lrc)
-    source = _model_for_file(gguf_path, original, settings)
-    model = source.model
-    layout: GGUFLayout = plan_layout(model, source.settings, with_lora=has_lrc)
+    source = model_for_file(gguf_path, original, settings)
+    layout: GGUFLayout = plan_layout(source.model, source.settings, with_lora=has_lrc)
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
     hf_ids = list(tokenizer(cfg.verify_prompt).input_ids)
-    ids = torch.tensor(hf_ids)
-
     with torch.no_grad():  # the checkpoint's own model: a padded file is compared with what it pads
-        exact = original(ids.view(1, -1)).logits[0].float().numpy()
+        exact = original(torch.tensor(hf_ids).view(1, -1)).logits[0].float().numpy()
+    return original, settings, source, layout, hf_ids, exact, has_lrc
 
+
+def _run_checks(gguf_path: Path, checkpoint_dir: Path, cfg: ExportConfig, lora_path: Path | None = None) -> dict[str, Any]:
+    original, settings, source, layout, hf_ids, exact, has_lrc = _prepare(gguf_path, checkpoint_dir, cfg, lora_path)
+    model, ids = source.model, torch.tensor(hf_ids)
     failures: list[str] = []
     lora, extra = None, {}
     if source.padded is not None:
-        extra["padding"], padding_failures = _check_padding(source, settings, ids, exact)
+        extra["padding"], padding_failures = check_padding(source, settings, ids, exact)
         failures += padding_failures
     if has_lrc:
-        plan = plan_lora(model, layout, _adapter_type_of(lora_path))
-        summary, lora_failures, lora = check_lora_file(lora_path, plan, model)
+        summary, lora_failures, lora = check_lora_file(lora_path, plan_lora(model, layout, adapter_type_of(lora_path)), model)
         failures += lora_failures
         extra["adapter"] = summary
         if lora is None:
@@ -441,40 +204,44 @@ def _run_checks(
     except _LoadFailed as e:
         e.extra = extra
         raise
-    ll_ids = run.prompt_ids
-    if ll_ids != hf_ids:
+    if run.prompt_ids != hf_ids:
         failures.append("llama.cpp tokenizes the prompt differently from the HF tokenizer")
     tensors = read_gguf_tensors(gguf_path, layout)
     extra["weights"], weight_failures = check_weights(tensors, model, layout)
     failures += weight_failures
     entries, logit_failures, ref = _check_logits(run, model, tensors, ids, exact, cfg, lora)
     failures += logit_failures
-
     if has_lrc:
-        base_run = _run_llama(gguf_path, None, hf_ids, cfg, failures)
-        with torch.no_grad(), lrc_disabled(original):
-            base_exact = original(ids.view(1, -1)).logits[0].float().numpy()
-        base_entries, base_failures, base_ref = _check_logits(base_run, model, tensors, ids, base_exact, cfg)
-        failures += [f"base GGUF alone: {f}" for f in base_failures]
-        effect = compare_logits(base_ref, ref)
-        extra["base_alone"] = base_entries
-        extra["adapter_effect"] = effect
-        # Below the bounds the layer check cannot tell an applied adapter from a missing one.
-        extra["adapter_effect_resolved"] = bool((entries["layers"].get("adapter_effect_margin") or 0.0) > 1.0)
-        extra["llama_cpp_base_vs_base_with_adapter"] = compare_logits(base_run.logits, run.logits)
-
+        failures += _check_base_alone(gguf_path, original, model, tensors, hf_ids, cfg, run, entries, ref, extra)
     return {
         "passed": not failures,
         "failures": failures,
         "arch": layout.arch,
         "prompt": cfg.verify_prompt,
         "tokens_compared": len(hf_ids),
-        "tokens_match": ll_ids == hf_ids,
+        "tokens_match": run.prompt_ids == hf_ids,
         "hf_token_ids": hf_ids,
-        "llama_cpp_token_ids": ll_ids,
+        "llama_cpp_token_ids": run.prompt_ids,
         **entries,
         **extra,
     }
+
+
+def _check_base_alone(gguf_path, original, model, tensors, hf_ids, cfg, run, entries, ref, extra) -> list[str]:
+    """The base file alone against the model without its corrections, and how far the adapters move the logits (into `extra`)."""
+    failures: list[str] = []
+    ids = torch.tensor(hf_ids)
+    base_run = _run_llama(gguf_path, None, hf_ids, cfg, failures)
+    with torch.no_grad(), lrc_disabled(original):
+        base_exact = original(ids.view(1, -1)).logits[0].float().numpy()
+    base_entries, base_failures, base_ref = _check_logits(base_run, model, tensors, ids, base_exact, cfg)
+    failures += [f"base GGUF alone: {f}" for f in base_failures]
+    extra["base_alone"] = base_entries
+    extra["adapter_effect"] = compare_logits(base_ref, ref)
+    # Below the bounds the layer check cannot tell an applied adapter from a missing one.
+    extra["adapter_effect_resolved"] = bool((entries["layers"].get("adapter_effect_margin") or 0.0) > 1.0)
+    extra["llama_cpp_base_vs_base_with_adapter"] = compare_logits(base_run.logits, run.logits)
+    return failures
 
 
 def verify_gguf(

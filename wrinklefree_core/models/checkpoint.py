@@ -266,8 +266,27 @@ def load_bitnet_checkpoint(
     model.tie_weights()  # skipped along with the init above
     convert_to_bitnet(model, settings)
 
-    # A tied pair is stored once (either name is accepted); give every name its tensor before checking keys.
     groups = _tied_groups(model)
+    _complete_and_check_keys(model, state_dict, groups, folder, settings)
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    try:
+        # assign=True keeps each stored tensor (and its dtype) instead of copying into the empty init.
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{folder / WEIGHTS_NAME} has tensors of the wrong shape ({e}). Re-run the stage that wrote it."
+        ) from e
+    _retie(model, groups)
+
+    generation_path = folder / "generation_config.json"
+    if generation_path.is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    return model.to(device).eval(), settings
+
+
+def _complete_and_check_keys(model: nn.Module, state_dict: dict, groups: list[list[str]], folder: Path, settings) -> None:
+    """Give every name of a tied group its stored tensor (a pair is stored once, under either name), then check the keys."""
     for group in groups:
         present = [name for name in group if name in state_dict]
         if any(not torch.equal(state_dict[name], state_dict[present[0]]) for name in present[1:]):
@@ -286,21 +305,6 @@ def load_bitnet_checkpoint(
             f"missing tensors {_show(missing)}, unexpected tensors {_show(unexpected)}. "
             "Re-run the stage that wrote it."
         )
-    if dtype is not None:
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-    try:
-        # assign=True keeps each stored tensor (and its dtype) instead of copying into the empty init.
-        model.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{folder / WEIGHTS_NAME} has tensors of the wrong shape ({e}). Re-run the stage that wrote it."
-        ) from e
-    _retie(model, groups)
-
-    generation_path = folder / "generation_config.json"
-    if generation_path.is_file():
-        model.generation_config = GenerationConfig.from_pretrained(str(folder))
-    return model.to(device).eval(), settings
 
 
 def _retie(model: nn.Module, groups: list[list[str]]) -> None:

@@ -44,8 +44,6 @@ def _stage_params(stage: str) -> type[StageSections]:
 
 
 STAGE_PARAMS: dict[str, type[StageSections]] = {stage: _stage_params(stage) for stage in STAGES}
-# The classes by name, for the code and tests that type one stage's form.
-ConvertParams, TrainParams, LrcParams, DistillParams, ExportParams = (STAGE_PARAMS[s] for s in ("convert", "train", "lrc", "distill", "export"))
 
 CommonGCS = section("train", "gcs", "common · gcs", "Google Cloud Storage client settings and bucket (gs:// artifacts, SkyPilot mounts).")
 EvalData = section("eval", "data", "eval · data", "Held-out sources of the eval table (their validation split).")

@@ -22,10 +22,12 @@ from flows.full_pipeline import full_pipeline, main, parse_fields, smoke_pipelin
 from flows.params import PipelineParams, SmokePipelineParams, smoke_params
 from flows.sections import config_value, context_config, context_items, render
 from flows.stage_flows import convert_flow, export_flow, lrc_flow, train_flow
-from flows.stage_params import STAGE_PARAMS, CommonParams, EvalParams, TrainParams
+from flows.stage_params import STAGE_PARAMS, CommonParams, EvalParams
 from tasks.stage_plan import STAGES, compose_stage
-from wrinklefree_core.stages.base import pipeline
 from wrinklefree_core.config import compose
+from wrinklefree_core.stages.base import pipeline
+
+TrainParams = STAGE_PARAMS["train"]
 
 # One invalid field of each kind a form can hold, as the nested dict a form submits.
 INVALID = {

@@ -158,7 +158,9 @@ def test_prefect_ui_forms_in_a_browser(served, smoke_run):
 
     from flows.params import PipelineParams
     from flows.sections import context_config
-    from flows.stage_params import TrainParams
+    from flows.stage_params import STAGE_PARAMS
+
+    TrainParams = STAGE_PARAMS["train"]
 
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: scripts/setup.sh installs Debian's chromium (apt-get install chromium)"
     env, home = served

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.params import PipelineParams
@@ -25,7 +27,7 @@ from flows.stage_params import STAGE_PARAMS
 from tasks.skypilot_task import stage_command
 from tasks.stage_plan import STAGES
 from wrinklefree_core.cli import build_parser
-from wrinklefree_core.stages.base import commands, get, number, pipeline_names, upstream_of
+from wrinklefree_core.stages.base import commands, get, number, pipeline_names, register, upstream_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +49,14 @@ def test_every_layer_lists_the_registered_stages_in_order():
     deployments = yaml.safe_load((REPO / "deploy" / "prefect.yaml").read_text())["deployments"]
     entrypoints = {d["entrypoint"] for d in deployments}
     assert {f"flows/stage_flows.py:{s}_flow" for s in STAGES} <= entrypoints
+
+
+def test_a_name_is_registered_once():
+    convert = get("convert")
+    assert register(convert) is convert  # the same entry again (a re-import) is no change
+    with pytest.raises(ValueError, match="stage 'convert' is registered twice"):
+        register(dataclasses.replace(convert, summary="another convert"))
+    assert get("convert") is convert
 
 
 def test_a_stage_check_refuses_a_config_that_does_not_do_the_stage():

@@ -16,8 +16,6 @@ Design choices:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 
 from wrinklefree_core.config.training import OBJECTIVE_NAMES
+from wrinklefree_core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -97,34 +96,23 @@ class Objective:
         return self.loss(inputs, valid, settings)
 
 
-_REGISTRY: dict[str, Objective] = {}
-_discovered = False
+_OBJECTIVES: Registry[Objective] = Registry(__package__, "objective", skip=("base", "manager"))
 
 
 def register(objective: Objective) -> Objective:
     """Add `objective` to the registry (each objective file calls this once, at import)."""
-    if objective.name in _REGISTRY and _REGISTRY[objective.name] is not objective:
-        raise ValueError(f"objective '{objective.name}' is registered twice")
-    _REGISTRY[objective.name] = objective
-    return objective
+    return _OBJECTIVES.add(objective.name, objective)
 
 
 def unregister(name: str) -> None:
     """Remove an objective (tests that register a toy one clean up with this)."""
-    _REGISTRY.pop(name, None)
+    _OBJECTIVES.remove(name)
 
 
 def registry() -> dict[str, Objective]:
     """Every registered objective: the config's order first, then any others by name."""
-    global _discovered
-    if not _discovered:
-        package = importlib.import_module(__package__)
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name not in ("base", "manager"):
-                importlib.import_module(f"{__package__}.{info.name}")
-        _discovered = True
     order = {name: i for i, name in enumerate(OBJECTIVE_NAMES)}
-    return dict(sorted(_REGISTRY.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+    return dict(sorted(_OBJECTIVES.entries().items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 
 
 def get(name: str) -> Objective:

@@ -20,8 +20,6 @@ Design choices:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +27,7 @@ from typing import Any, Literal
 from wrinklefree_core.artifacts.result import StageResult
 from wrinklefree_core.config.compose import ConfigError
 from wrinklefree_core.config.run import RunConfig
+from wrinklefree_core.registry import Registry
 from wrinklefree_core.tracking.params import Tracked
 
 
@@ -97,33 +96,22 @@ class Stage:
         return None
 
 
-_REGISTRY: dict[str, Stage] = {}
-_discovered = False
+_STAGES: Registry[Stage] = Registry(__package__, "stage", skip=("base",))
 
 
 def register(stage: Stage) -> Stage:
     """Add `stage` to the registry (each stage file calls this once, at import)."""
-    if stage.name in _REGISTRY and _REGISTRY[stage.name] is not stage:
-        raise ValueError(f"stage '{stage.name}' is registered twice")
-    _REGISTRY[stage.name] = stage
-    return stage
+    return _STAGES.add(stage.name, stage)
 
 
 def unregister(name: str) -> None:
     """Remove a stage (tests that register a toy stage clean up with this)."""
-    _REGISTRY.pop(name, None)
+    _STAGES.remove(name)
 
 
 def registry() -> dict[str, Stage]:
     """Every registered stage by name, after importing each file of this package once."""
-    global _discovered
-    if not _discovered:
-        package = importlib.import_module(__package__)
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name != "base":
-                importlib.import_module(f"{__package__}.{info.name}")
-        _discovered = True
-    return _REGISTRY
+    return _STAGES.entries()
 
 
 def get(name: str) -> Stage:

@@ -15,10 +15,10 @@ Each file of this package (llama.py, qwen2.py, qwen3.py, bitnet.py) registers it
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from typing import Any
+
+from wrinklefree_core.registry import Registry
 
 PROJECTIONS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 
@@ -93,40 +93,26 @@ class GraphSpec:
     sub_norms: bool = False
 
 
-_ARCHITECTURES: dict[str, ArchitectureSpec] = {}
-_GRAPHS: dict[str, GraphSpec] = {}
-_discovered = False
+# Two tables filled by the same files (each registers its HF architecture and/or its llama.cpp graph).
+_ARCHITECTURES: Registry[ArchitectureSpec] = Registry(__package__, "architecture", skip=("spec", "lookup"))
+_GRAPHS: Registry[GraphSpec] = Registry(__package__, "llama.cpp graph", skip=("spec", "lookup"))
 
 
 def register(spec: ArchitectureSpec | GraphSpec) -> Any:
     """Add an architecture (by model_type) or a llama.cpp graph (by name); each file here calls it at import."""
-    table, key = (_ARCHITECTURES, spec.model_type) if isinstance(spec, ArchitectureSpec) else (_GRAPHS, spec.name)
-    if key in table and table[key] != spec:
-        raise ValueError(f"'{key}' is registered twice")
-    table[key] = spec
-    return spec
-
-
-def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        package = importlib.import_module(__package__)
-        for info in pkgutil.iter_modules(package.__path__):
-            if info.name not in ("spec", "lookup"):
-                importlib.import_module(f"{__package__}.{info.name}")
-        _discovered = True
+    if isinstance(spec, ArchitectureSpec):
+        return _ARCHITECTURES.add(spec.model_type, spec)
+    return _GRAPHS.add(spec.name, spec)
 
 
 def architectures() -> dict[str, ArchitectureSpec]:
     """Every supported HF architecture by model_type."""
-    _discover()
-    return _ARCHITECTURES
+    return _ARCHITECTURES.entries()
 
 
 def graphs() -> dict[str, GraphSpec]:
     """Every llama.cpp graph the exporter writes, by name."""
-    _discover()
-    return _GRAPHS
+    return _GRAPHS.entries()
 
 
 def graph(name: str) -> GraphSpec:

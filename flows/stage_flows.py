@@ -50,7 +50,7 @@ def model_from_upstream(upstream_uri: str | None) -> str | None:
 
 def upstream_from_pipeline(stage: str, out_root: str) -> str:
     """The output of the stage before `stage` that the last pipeline run in `out_root` recorded."""
-    before = STAGES[STAGES.index(stage) - 1]
+    before = stage_registry.upstream_of(stage).name
     summary_path = Path(normalize_root(out_root)) / "pipeline.json"
     hint = f"give upstream_uri: the `uri` of a {before} stage output (the {before} entry of a pipeline.json, or a gs:// folder)"
     if is_gcs(out_root):

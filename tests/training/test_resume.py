@@ -32,8 +32,12 @@ EVERY = 4
 CURVES = ("train/loss", "train/ce", "train/dlm", "grad/norm", "quant/lambda", "lr/adamw_decay", "throughput/tokens")
 
 
-def overrides(converted_dir: Path, out: Path) -> list[str]:
-    return unified_run(converted_dir, out, STEPS, EVERY, "training.batch_size=2", "training.grad_accumulation=2")
+# The same run with every block compiled and the int8 product once lambda reaches 1.
+COMPILED = ("compute.compile=true", "compute.int_matmul=true")
+
+
+def overrides(converted_dir: Path, out: Path, *extra: str) -> list[str]:
+    return unified_run(converted_dir, out, STEPS, EVERY, "training.batch_size=2", "training.grad_accumulation=2", *extra)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -67,9 +71,25 @@ def reference(converted_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def compiled_reference(converted_dir: Path, tmp_path_factory) -> Path:
+    """The compiled command, never interrupted (run in this process)."""
+    out = tmp_path_factory.mktemp("uninterrupted-compiled") / "out"
+    run_train(compose("train", overrides(converted_dir, out, *COMPILED)))
+    return out
+
+
 def test_killed_run_resumes_exactly(converted_dir: Path, reference: Path, tmp_path: Path):
+    assert_resumes_exactly(converted_dir, reference, tmp_path)
+
+
+def test_killed_compiled_run_resumes_exactly(converted_dir: Path, compiled_reference: Path, tmp_path: Path):
+    assert_resumes_exactly(converted_dir, compiled_reference, tmp_path, *COMPILED)
+
+
+def assert_resumes_exactly(converted_dir: Path, reference: Path, tmp_path: Path, *extra: str) -> None:
     out = tmp_path / "out"
-    args = ["train", *overrides(converted_dir, out)]
+    args = ["train", *overrides(converted_dir, out, *extra)]
     state = RunState(out)
 
     proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))

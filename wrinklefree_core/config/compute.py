@@ -19,6 +19,16 @@ class ComputeConfig(Section):
         description="Training precision; auto = bf16-mixed on GPU, fp32 on CPU; bf16-if-native = bf16-mixed on GPU "
         "and on CPUs with AVX512-BF16/AMX, fp32 elsewhere.",
     )
+    compile: Literal["auto"] | bool = Field(
+        "auto",
+        description="torch.compile each decoder block in training; auto = on GPU, and on CPU when the stage's planned steps "
+        "pay for the compile (wrinklefree_core/training/compile.py).",
+    )
+    int_matmul: Literal["auto"] | bool = Field(
+        "auto",
+        description="BitLinear's fully quantized training forward as an int8 matmul; auto = on CPUs with VNNI or AMX, "
+        "where it is faster (wrinklefree_core/quant/int_matmul.py).",
+    )
     accelerators: str = Field("H100:1", description="SkyPilot accelerator spec per node, e.g. H100:8.")
     devices: Literal["auto"] | PositiveInt = Field(
         "auto", description="Training processes per node; auto = every GPU (1 on CPU, torchrun's count under torchrun). >1 on CPU uses gloo."

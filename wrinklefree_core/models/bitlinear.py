@@ -10,6 +10,10 @@ Design choices:
 - An optional `sub_norm` (SubLN) runs on the input before quantization; conversion attaches it to
   o_proj and down_proj. Its weight is saved as `<proj>.sub_norm.weight`.
 - The bias (Qwen2's q/k/v) stays full precision and is added after the matmul.
+- `integer_matmul` (a plain attribute, off by default, never saved) switches the product to
+  `quant/int_matmul.py`'s int8 kernel, which is exact only at quant_lambda = 1. Only the train module
+  sets it, through `set_integer_matmul`, on the steps whose lambda it knows to be 1; reading the
+  lambda tensor here would cost a host sync per layer on GPU.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wrinklefree_core.models.subln import SubLN
+from wrinklefree_core.quant.int_matmul import ternary_int8_linear
 from wrinklefree_core.quant.ops import quantize_activation_ste, quantize_weight_ste
 
 
@@ -39,6 +44,7 @@ class BitLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("quant_lambda", torch.tensor(float(quant_lambda), device=device), persistent=False)
         self.sub_norm = SubLN(in_features, sub_norm_eps, device=device, dtype=dtype) if sub_norm_eps is not None else None
+        self.integer_matmul = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, sub_norm_eps: float | None = None, quant_lambda: float = 1.0) -> "BitLinear":
@@ -73,12 +79,25 @@ class BitLinear(nn.Linear):
             x = self.sub_norm(x)
         return quantize_activation_ste(x, self.quant_lambda)
 
+    def quantized_product(self, x: torch.Tensor) -> torch.Tensor:
+        """The ternary product of `x` (after SubLN): fake-quant blended by lambda with the STE, or the int8 kernel."""
+        if self.integer_matmul:
+            return ternary_int8_linear(x, self.weight, self.bias)
+        lam = self.quant_lambda
+        return F.linear(quantize_activation_ste(x, lam), quantize_weight_ste(self.weight, lam), self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = quantize_weight_ste(self.weight, self.quant_lambda)
-        return F.linear(self.matmul_input(x), w, self.bias)
+        return self.quantized_product(self.sub_norm(x) if self.sub_norm is not None else x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", sub_norm={self.sub_norm is not None}"
+
+
+def set_integer_matmul(model: nn.Module, on: bool) -> None:
+    """Switch every BitLinear to the int8 product (only valid while quant_lambda is 1) or back to fake-quant."""
+    for module in model.modules():
+        if isinstance(module, BitLinear):
+            module.integer_matmul = bool(on)
 
 
 def set_quant_lambda(model: nn.Module, value: float) -> None:

@@ -43,7 +43,6 @@ from torch import nn
 
 from wrinklefree_core.models.bitlinear import BitLinear
 from wrinklefree_core.config.bitnet import LRCSettings
-from wrinklefree_core.quant.ops import quantize_activation_ste, quantize_weight_ste
 from wrinklefree_core.quant.reference import weight_quant_ref
 
 LRC_PARAM_NAMES = ("lrc_U", "lrc_V")
@@ -141,11 +140,9 @@ class BitLinearLRC(BitLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sub_norm is not None:
             x = self.sub_norm(x)
-        # Same quantized matmul as BitLinear.forward, inlined because the correction needs the
-        # post-SubLN, pre-quantization input (a test pins equality with BitLinear at U = 0).
-        lam = self.quant_lambda
-        y = F.linear(quantize_activation_ste(x, lam), quantize_weight_ste(self.weight, lam), self.bias)
-        return y + F.linear(F.linear(x, self.lrc_V.T), self.lrc_U)
+        # The correction reads the post-SubLN, pre-quantization input (a test pins equality with
+        # BitLinear at U = 0).
+        return self.quantized_product(x) + F.linear(F.linear(x, self.lrc_V.T), self.lrc_U)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", lrc_rank={self.rank}"

@@ -31,7 +31,7 @@ from wrinklefree_core.data.packing import position_ids_from_eos
 def token_nll(model: nn.Module, input_ids: torch.Tensor, eos_token_id: int | None) -> tuple[torch.Tensor, int]:
     """(sum of next-token negative log-likelihoods in fp32, number of scored tokens) for rows (B, L)."""
     position_ids = position_ids_from_eos(input_ids, eos_token_id) if eos_token_id is not None else None
-    logits = model(input_ids=input_ids, position_ids=position_ids).logits
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     targets = input_ids[:, 1:]
     nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
     return nll, targets.numel()

@@ -55,10 +55,14 @@ def quiet() -> None:
 def build_data(cfg: RunConfig, student, objectives, teacher, settings: dict[str, Any], resume: dict[str, Any] | None):
     """(datamodule, train module, micro-batch size): `resume` keeps the batch size its run chose."""
     from wrinklefree_core.training.batch_size import find_batch_size
+    from wrinklefree_core.quant.int_matmul import int_matmul_faster
+    from wrinklefree_core.training.compile import should_compile
+    from wrinklefree_core.training.inputs import count_parameters
     from wrinklefree_core.training.datamodule import BitNetDataModule
     from wrinklefree_core.training.module import BitNetTrainModule
 
     seq_len, accumulation = cfg.training.seq_len, cfg.training.grad_accumulation
+    device = "cuda" if settings["accelerator"] == "gpu" else "cpu"
     batch_size = int(resume["batch_size"]) if resume is not None else cfg.training.batch_size
     rows_per_step = batch_size * accumulation * world_size(settings)
     val_rows = max(1, min(VAL_STEPS * rows_per_step, VAL_MAX_TOKENS // seq_len))
@@ -72,6 +76,10 @@ def build_data(cfg: RunConfig, student, objectives, teacher, settings: dict[str,
         seed=cfg.seed,
         val_names=datamodule.source_names,
         eos_token_id=student.tokenizer.eos_token_id,
+        compile_blocks=should_compile(
+            cfg.compute.compile, settings["accelerator"], cfg.training.max_steps, rows_per_step * seq_len, count_parameters(student.model)
+        ),
+        integer_matmul=int_matmul_faster(device) if cfg.compute.int_matmul == "auto" else cfg.compute.int_matmul,
     )
     if cfg.training.auto_batch_size and resume is None:
         batch_size = find_batch_size(module, seq_len, batch_size, bf16=settings["precision"] == "bf16-mixed")

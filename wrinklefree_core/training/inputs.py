@@ -164,6 +164,11 @@ def trainable_count(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
 
+def count_parameters(model: nn.Module) -> int:
+    """All parameters, tied tensors counted once."""
+    return trainable_count(model)[1]
+
+
 def _teacher(cfg: RunConfig, inputs: dict[str, str], resume: dict[str, Any] | None) -> tuple[str, Path]:
     """(the teacher as stage.json names it, its local folder); a gs:// teacher is downloaded.
 

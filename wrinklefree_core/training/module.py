@@ -54,9 +54,10 @@ from lightning.pytorch import LightningModule
 from torch import nn
 
 from wrinklefree_core.config.training import TrainingConfig
-from wrinklefree_core.models.bitlinear import set_quant_lambda
+from wrinklefree_core.models.bitlinear import set_integer_matmul, set_quant_lambda
 from wrinklefree_core.objectives import LossInputs, ObjectiveManager, Requirements, capture_qkv
 from wrinklefree_core.quant.warmup import LambdaWarmup
+from wrinklefree_core.training.compile import CompiledBlocks
 from wrinklefree_core.training.distributed import dlm_inputs_for_rank, mean_over_ranks, shard_student
 from wrinklefree_core.training.evaluate import token_nll
 from wrinklefree_core.training.optimizers import build_optimizer
@@ -121,6 +122,8 @@ class BitNetTrainModule(LightningModule):
         seed: int = 0,
         val_names: Sequence[str] = (),
         eos_token_id: int | None = None,
+        compile_blocks: bool = False,
+        integer_matmul: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -146,6 +149,10 @@ class BitNetTrainModule(LightningModule):
         self._clip_stats: dict[str, float] | None = None
         self._pending_rng: dict[str, Any] | None = None
         self._val_sums: torch.Tensor | None = None
+        self.compile_blocks = compile_blocks
+        self.integer_matmul = integer_matmul
+        self._compiled: list[CompiledBlocks] = []
+        self._fitting = False
 
     @property
     def teacher(self) -> nn.Module | None:
@@ -171,7 +178,33 @@ class BitNetTrainModule(LightningModule):
 
     def on_train_start(self) -> None:
         # The lambda of the step about to run: `start` on a fresh run, the saved value on a resume.
+        self._set_lambda()
+        if self.compile_blocks and not self._compiled:
+            # Attention KD hooks its capture layer each step; that block stays eager (compile.py).
+            skip = [self.training_cfg.kd.attention_layer] if self.objectives.needs_qkv else []
+            self._compiled = [CompiledBlocks(m, skip) for m in (self.student, self.teacher) if m is not None]
+        self._compiled_on(True)
+        self._fitting = True
+
+    def on_train_end(self) -> None:
+        self._compiled_on(False)
+        self._fitting = False
+        set_integer_matmul(self.student, False)
+
+    def _set_lambda(self) -> None:
+        """Write the lambda of the step about to run; the int8 product only where that lambda is exactly 1."""
         set_quant_lambda(self.student, self.warmup.value)
+        set_integer_matmul(self.student, self.integer_matmul and self.warmup.value == 1.0)
+
+    def on_validation_start(self) -> None:
+        self._compiled_on(False)  # eager under no_grad: other row counts would only add compiles
+
+    def on_validation_end(self) -> None:
+        self._compiled_on(self._fitting)
+
+    def _compiled_on(self, on: bool) -> None:
+        for blocks in self._compiled:
+            blocks.on() if on else blocks.off()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:
@@ -215,31 +248,35 @@ class BitNetTrainModule(LightningModule):
         scheduler.step()
         lam = self.warmup.value
         self.warmup.step()
-        set_quant_lambda(self.student, self.warmup.value)
+        self._set_lambda()
 
         self._log_step(total, parts, weighted, out.weights, lam, optimizer, rows=batch["input_ids"].shape[0])
         return {"loss": total}
 
     def micro_step_loss(self, batch: dict[str, torch.Tensor], step: int, needs: Requirements):
-        """Forwards and the combined loss (a LossOutput) of one micro-batch at optimizer step `step`."""
+        """Forwards and the combined loss (a LossOutput) of one micro-batch at optimizer step `step`.
+
+        use_cache=False: HF defaults to the config's True, which would build a KV cache that
+        training never reads (and hand the compiled blocks a Cache object to trace).
+        """
         ids, labels, positions = batch["input_ids"], batch["labels"], batch.get("position_ids")
         layer = self.training_cfg.kd.attention_layer
         inputs = LossInputs(input_ids=ids, labels=labels)
         if needs.teacher:
             with torch.no_grad(), self._qkv(self.teacher, needs.qkv, layer) as teacher_qkv:
-                t_out = self.teacher(input_ids=ids, position_ids=positions, output_hidden_states=needs.hidden_states)
+                t_out = self.teacher(input_ids=ids, position_ids=positions, output_hidden_states=needs.hidden_states, use_cache=False)
             inputs.teacher_logits = t_out.logits
             inputs.teacher_hidden_states = t_out.hidden_states
             inputs.teacher_qkv = dict(teacher_qkv) if needs.qkv else None
         with self._qkv(self.student, needs.qkv, layer) as student_qkv:
-            s_out = self.student(input_ids=ids, position_ids=positions, output_hidden_states=needs.hidden_states)
+            s_out = self.student(input_ids=ids, position_ids=positions, output_hidden_states=needs.hidden_states, use_cache=False)
         inputs.logits = s_out.logits
         inputs.hidden_states = s_out.hidden_states
         inputs.qkv = dict(student_qkv) if needs.qkv else None
         if needs.dlm_forward:
             rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
             noisy, mask, t, maskable = dlm_inputs_for_rank(self.objectives, ids.cpu(), labels.cpu(), self.dlm_generator, rank, world)
-            inputs.dlm_logits = self.student(input_ids=noisy.to(ids.device), position_ids=positions).logits
+            inputs.dlm_logits = self.student(input_ids=noisy.to(ids.device), position_ids=positions, use_cache=False).logits
             inputs.dlm_mask, inputs.dlm_t, inputs.dlm_maskable = mask.to(ids.device), t.to(ids.device), maskable.to(ids.device)
         return self.objectives.compute(inputs, step, self.max_steps)
 

@@ -7,7 +7,7 @@ Run:
     .venv/bin/python bench/train_throughput.py                     # defaults, 1-3 min on 2 CPU cores
     .venv/bin/python bench/train_throughput.py --threads 1         # one core: steadier on a shared CPU
     .venv/bin/python bench/train_throughput.py --threads 1 --ablate --profile 12   # where the time goes
-    .venv/bin/python bench/train_throughput.py --no-compile --rounds 3 --steps 2
+    .venv/bin/python bench/train_throughput.py --no-compile --no-stages --rounds 3 --steps 2
     .venv/bin/python bench/train_throughput.py --model smollm2_135m --batch 2 --seq 256
 
 The first run compiles each model for 30-50 s on 2 cores; inductor caches the generated code on disk,
@@ -44,6 +44,11 @@ Design choices:
   machine hits all of them alike. Reported numbers are medians over all timed steps; `vs plain` is
   the ratio of the median step times, measured in this one run. Each step is also split into
   forward (with the loss), backward and optimizer time, to show where the difference goes.
+- Stages mode runs the BitNet models the way the training stages run them: each decoder block's
+  forward compiled (`training/compile.py`, compute.compile) and BitLinear's product as an int8
+  matmul (`quant/int_matmul.py`, compute.int_matmul; lambda is 1 here). Its plain row is the
+  whole-model compiled plain step, so `vs plain` is the issue's ratio "the BitNet step as the stages
+  run it / the plain compiled step".
 - Compiled mode compiles the model (`torch.compile(model)`, default inductor, no CUDA graphs); the
   loss and the optimizer step stay eager, the same for both models. It wraps the same models and
   optimizers as eager mode, so training simply continues. quant_lambda is a tensor, so it never
@@ -196,15 +201,47 @@ def train_step(v: Variant, ids: torch.Tensor, device: torch.device) -> tuple[flo
     return t1 - t0, t2 - t1, t3 - t2, float(loss.detach())
 
 
+def prepare(v: Variant, mode: str) -> contextlib.AbstractContextManager:
+    """Set `v.run` for `mode`; the returned context undoes what the stages' mode switched on.
+
+    stages: the BitNet models run as the training stages run them (every block's forward compiled,
+    compute.int_matmul's int8 product); plain stays whole-model compiled, the bench's reference.
+    """
+    from wrinklefree_core.models.bitlinear import set_integer_matmul
+    from wrinklefree_core.training.compile import CompiledBlocks
+
+    if mode == "eager":
+        v.run = v.model
+        return contextlib.nullcontext()
+    if mode == "compiled" or v.name == "plain":
+        v.run = torch.compile(v.model)
+        return contextlib.nullcontext()
+    blocks = CompiledBlocks(v.model)
+    blocks.on()
+    set_integer_matmul(v.model, True)
+    v.run = v.model
+    stack = contextlib.ExitStack()
+    stack.callback(blocks.off)
+    stack.callback(set_integer_matmul, v.model, False)
+    return stack
+
+
 def measure(variants: list[Variant], ids: torch.Tensor, device: torch.device, rounds: int, steps: int,
-            warmup: int, compiled: bool) -> tuple[dict[str, float], list[float]]:
+            warmup: int, mode: str) -> tuple[dict[str, float], list[float]]:
     """Warm up (and compile) every variant, then time them in rotating order; return the seconds
-    each variant's first step took (the compile, in compiled mode) and the load averages seen."""
-    if compiled:
+    each variant's first step took (the compile, in compiled modes) and the load averages seen."""
+    if mode != "eager":
         torch._dynamo.reset()
+    with contextlib.ExitStack() as undo:
+        for v in variants:
+            undo.enter_context(prepare(v, mode))
+        return _measure(variants, ids, device, rounds, steps, warmup)
+
+
+def _measure(variants: list[Variant], ids: torch.Tensor, device: torch.device, rounds: int, steps: int,
+             warmup: int) -> tuple[dict[str, float], list[float]]:
     first: dict[str, float] = {}
     for v in variants:
-        v.run = torch.compile(v.model) if compiled else v.model
         v.times = {k: [] for k in v.times}
         v.losses = []
         for i in range(warmup):
@@ -317,6 +354,9 @@ def main() -> None:
                         help="also time the torch.compile'd models (default on)")
     parser.add_argument("--eager", action=argparse.BooleanOptionalAction, default=True,
                         help="time the eager models (default on)")
+    parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the BitNet models as the training stages run them: per-block compile "
+                             "and the int8 product (compute.compile, compute.int_matmul; default on)")
     parser.add_argument("--ablate", action="store_true",
                         help="add a BitNet model without SubLN (splits SubLN from quantization)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
@@ -362,20 +402,20 @@ def main() -> None:
           f"{args.warmup} warmup steps, then {args.rounds} rounds x {args.steps} steps per model "
           f"(rotating order), median")
 
-    modes = (["eager"] if args.eager else []) + (["compiled"] if args.compile else [])
+    modes = (["eager"] if args.eager else []) + (["compiled"] if args.compile else []) + (["stages"] if args.stages else [])
     rows: list[str] = []
     notes: list[str] = []
     ratios: dict[str, float] = {}
     t_all = time.perf_counter()
     for mode in modes:
         t_mode = time.perf_counter()
-        first, loads = measure(variants, ids, device, args.rounds, args.steps, args.warmup, mode == "compiled")
+        first, loads = measure(variants, ids, device, args.rounds, args.steps, args.warmup, mode)
         t_mode = time.perf_counter() - t_mode
         mode_rows, med = table_rows(variants, mode, tokens)
         rows += mode_rows
         ratios[mode] = med["bitnet"] / med["plain"]
         firsts = ", ".join(f"{name} {s:.1f}s" for name, s in first.items())
-        compile_note = "with compile, " if mode == "compiled" else ""
+        compile_note = "with compile, " if mode != "eager" else ""
         notes.append(f"# {mode}: first step ({compile_note}not timed) {firsts}; {t_mode:.0f}s in all; "
                      f"1-min load average {min(loads):.2f}-{max(loads):.2f} during timing")
         notes.append(f"# {mode}: loss at the first warmup -> last timed step: " + ", ".join(
@@ -395,6 +435,10 @@ def main() -> None:
         print(note)
     for mode, ratio in ratios.items():
         print(f"# target: bitnet step <= 1.20x plain ({mode}) -> {ratio:.3f}x ({'met' if ratio <= 1.2 else 'NOT met'})")
+    if "stages" in ratios:
+        ratio = ratios["stages"]
+        verdict = "goal met" if ratio <= 1.0 else "met" if ratio <= 1.1 else "NOT met"
+        print(f"# target: bitnet step as the stages run it <= 1.10x the plain compiled step (goal 1.00x) -> {ratio:.3f}x ({verdict})")
 
 
 if __name__ == "__main__":

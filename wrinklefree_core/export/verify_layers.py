@@ -25,7 +25,17 @@ flipped (2.8e-3 of a layer's update). The forced floor is larger than a sampled 
 that model, four flips per layer), so it is the fallback, not the rule. Where a layer has no flip, llama.cpp agrees to
 ~2e-7; where one lands, the layer moves by the size of one step, a property of the model's activation
 scales and not of the layer, which is why one floor serves every layer (a per-layer floor is a single
-sample: llama.cpp and the reference flip in different layers). Measured on AMD EPYC (docs/LOG.md,
+sample: llama.cpp and the reference flip in different layers).
+
+One flip reaches further: in the quantizer of the attention's input (q/k/v share it), a flipped code
+at token t changes that token's key and value, and every later token reads them. The error is then
+about one step in each later token, up to sqrt(tokens) times a one-token flip in L2: measured on a
+distilled SmolLM2-135M (Intel Xeon, 2026-12-08), llama.cpp's layer 20 moved by ~1.8e-3 in each of the
+26 tokens after its 4th (8.7e-3 in all) while the largest one-token flip anywhere was 2.5e-3. An
+export bug moves every layer (a wrong RoPE: 2.5e-2 in each). So a layer may exceed the bound when it
+stays below `spread_bound` (the bound with sqrt(tokens) times the floor) and no more than one layer
+in SPREAD_LAYERS_PER does so; such layers are marked `spread_flip` in verification.json. More of them,
+or any layer above the spread bound, fail. Measured on AMD EPYC (docs/LOG.md,
 2026-12-06): flips of 1e-4 of a layer's update on the 256-wide test models, 0.8-2.2e-3 on the naively
 converted SmolLM2-135M, on repacked and plain weights, 1 and 2 threads; a wrong RoPE permutation gives
 2.5e-2 in every layer.
@@ -33,6 +43,7 @@ converted SmolLM2-135M, on repacked and plain weights, 1 and 2 threads; a wrong 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +54,8 @@ from wrinklefree_core.export.llamacpp_reference import GGUFTensor, LoraPair, for
 from wrinklefree_core.export.llamacpp_run import LlamaRun
 
 NOISE_FACTOR = 2.0
+# One layer in this many (at least one) may hold a spread flip (module docstring).
+SPREAD_LAYERS_PER = 10
 # A float32-vs-float64 gap above this is a rounding flip; below it (1e-7 to 6e-7 measured) the sample saw none.
 FLIP_SEEN = 1e-5
 
@@ -142,6 +155,31 @@ def _adapter_effects(run: LlamaRun, model: nn.Module, tensors, ids: torch.Tensor
     return [_rel(bare[i], outs[i], updates[i]) for i in range(len(outs))]
 
 
+def spread_bound(max_rel: float, floor: float, tokens: int) -> float:
+    """The most one rounding flip in an attention input can move a layer: every later token, one step each."""
+    return max_rel + NOISE_FACTOR * math.sqrt(tokens) * floor
+
+
+def spread_allowance(n_layers: int) -> int:
+    """How many layers may sit between the bound and the spread bound (module docstring)."""
+    return max(1, n_layers // SPREAD_LAYERS_PER)
+
+
+def layer_failures(per_layer: list[dict[str, Any]], bound: float, spread: float) -> list[str]:
+    """The failures of per-layer rows (`rel_error`): above `bound`, except a few spread flips below `spread`."""
+    over = [r for r in per_layer if r["rel_error"] > bound]
+    spread_ok = [r for r in over if r["rel_error"] <= spread]
+    allowed = spread_ok if len(spread_ok) <= spread_allowance(len(per_layer)) else []
+    for r in allowed:
+        r["spread_flip"] = True
+        r["spread_bound"] = spread
+    return [
+        f"layer {r['layer']}: llama.cpp's output differs from the reference by {r['rel_error']:.3g} of its update > {bound:.3g}"
+        for r in over
+        if r not in allowed
+    ]
+
+
 def check_layers(
     run: LlamaRun,
     model: nn.Module,
@@ -167,12 +205,12 @@ def check_layers(
     # where it happens to fall: the largest one the reference shows anywhere bounds them all.
     model_floor = max(floors)
     bound = max_rel + NOISE_FACTOR * model_floor
-    per_layer = []
-    for i in range(n_layers):
-        err = _rel(run.hidden[f"l_out-{i}"], outs[i], updates[i])
-        per_layer.append({"layer": i, "rel_error": err, "noise_floor": floors[i], "bound": bound})
-        if err > bound:
-            failures.append(f"layer {i}: llama.cpp's output differs from the reference by {err:.3g} of its update > {bound:.3g}")
+    spread = spread_bound(max_rel, model_floor, int(ids.shape[-1]))
+    per_layer = [
+        {"layer": i, "rel_error": _rel(run.hidden[f"l_out-{i}"], outs[i], updates[i]), "noise_floor": floors[i], "bound": bound}
+        for i in range(n_layers)
+    ]
+    failures += layer_failures(per_layer, bound, spread)
     effects = _adapter_effects(run, model, tensors, ids, outs, updates) if lora else None
     for row, effect in zip(per_layer, effects or []):
         row["adapter_effect"] = effect
@@ -192,7 +230,10 @@ def check_layers(
         "per_layer": per_layer,
         "rule": "each layer: |llama.cpp - reference| / |reference update| <= max_rel + noise_factor * noise_floor, "
         "the reference fed llama.cpp's own input; noise_floor = the largest such gap over all layers between the "
-        "float64 and float32 references, or, where those show no flip, the float64 reference with one flip forced per quantizer",
+        "float64 and float32 references, or, where those show no flip, the float64 reference with one flip forced per quantizer; "
+        "one layer in spread_layers_per may instead stay below spread_bound (an attention-input flip reaching every later token)",
+        "spread_bound": spread,
+        "spread_layers_per": SPREAD_LAYERS_PER,
         "max_rel": max_rel,
         # Smallest per-layer adapter effect over its bound: > 1 means no layer could pass without its adapter.
         "adapter_effect_margin": None if effects is None else min(e / r["bound"] for e, r in zip(effects, per_layer)),

@@ -226,7 +226,9 @@ def test_failed_verification_publishes_nothing_and_says_why(checkpoint_factory, 
     # Only ~2% on the logits, about the size of the quantization gap to the exact model: a check
     # against the exact model alone could not tell this bug from rounding. Per layer it stands out.
     assert result["vs_reference"]["rel_l2_error"] > 0.01
-    assert all(r["rel_error"] > 10 * r["bound"] for r in result["layers"]["per_layer"])
+    # The floor holds one forced flip per quantizer (1.3e-3 of an update here), so the bound is
+    # 3.6e-3 and the bug 7-9x it (measured on an Intel Xeon; on AMD EPYC the bound was smaller).
+    assert all(r["rel_error"] > 5 * r["bound"] for r in result["layers"]["per_layer"])
 
     monkeypatch.undo()  # fixed: the next export passes and the failed attempt's record goes
     export_gguf(ckpt, out, cfg)

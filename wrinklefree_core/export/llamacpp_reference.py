@@ -165,7 +165,9 @@ def _round(r: torch.Tensor) -> torch.Tensor:
     """round_half_even(r); under forced_flips, the element nearest x.5 goes to its other neighbour."""
     q = torch.round(r)
     if _FORCE_FLIP.get() and r.numel():
-        flat_r, flat_q = r.reshape(-1), q.reshape(-1)
+        # In the last row (the last token's last block): no later token reads it, so the flip
+        # moves one token by one step, the size a flip has wherever it stays local.
+        flat_r, flat_q = r.reshape(-1, r.shape[-1])[-1], q.reshape(-1, q.shape[-1])[-1]
         i = int(torch.argmin((flat_r - torch.floor(flat_r) - 0.5).abs()))
         flat_q[i] = 2 * torch.floor(flat_r[i]) + 1 - flat_q[i]
     return q

@@ -171,7 +171,6 @@ def _finish(cfg, target: OutputTarget, fit, student, state, resume, settings, se
     """Final held-out perplexity, OUT with its stage.json, MLflow's final metrics, the published URI."""
     import torch
 
-    from wrinklefree_core.models.bitlinear import set_integer_matmul
     from wrinklefree_core.models.checkpoint import save_bitnet_checkpoint
     from wrinklefree_core.training.evaluate import evaluate_perplexity, val_metrics
     from wrinklefree_core.training.tracking import log_final
@@ -179,12 +178,7 @@ def _finish(cfg, target: OutputTarget, fit, student, state, resume, settings, se
     out, module, trainer = target.local, fit.module, fit.trainer
     device = torch.device("cuda") if settings["accelerator"] == "gpu" else torch.device("cpu")
     student.model.to(device)
-    # The held-out rows see the product the run trained with (int8 once lambda is 1).
-    set_integer_matmul(student.model, module.integer_matmul and module.warmup.value == 1.0)
-    try:
-        val = evaluate_perplexity(student.model, fit.datamodule.val_sets, batch_size=fit.batch_size, eos_token_id=student.tokenizer.eos_token_id)
-    finally:
-        set_integer_matmul(student.model, False)
+    val = evaluate_perplexity(student.model, fit.datamodule.val_sets, batch_size=fit.batch_size, eos_token_id=student.tokenizer.eos_token_id)
     metrics = module.last_step_metrics() or dict((resume or {}).get("last_metrics") or {})
     metrics.update(val_metrics(val))
     metrics.update(
